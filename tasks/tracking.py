@@ -1,0 +1,167 @@
+"""The one place that talks to MLflow: tracking URI, experiments, runs and what they log.
+
+Runs are addressed by explicit run id, never through MLflow's per-thread active run, so
+that tasks on a thread pool log to the right run (DESIGN §6).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.time import get_current_time_millis
+
+STORE_DIR = Path("mlflow")
+_MAX_PARAM_LENGTH = 6000
+_BATCH = 100
+
+
+def local_store_uri(root: Path | None = None) -> str:
+    """The default store: ``mlflow/mlflow.db`` (SQLite), artifacts beside it in ``mlflow/artifacts``."""
+    return f"sqlite:///{((root or Path.cwd()) / STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the local SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or local_store_uri()
+
+
+def client() -> MlflowClient:
+    """A client bound to the tracking URI; also set globally so nothing falls back to ./mlruns."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created on first use (artifacts under ``mlflow/artifacts``)."""
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow_client.create_experiment(name, artifact_location=_artifact_location(name))
+
+
+def _artifact_location(experiment: str) -> str | None:
+    """Beside a SQLite store, ``artifacts/<experiment>``; a server decides for itself."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment).resolve().as_uri()
+
+
+@contextmanager
+def _run(experiment: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
+    mlflow_client = client()
+    run = mlflow_client.create_run(experiment, run_name=name, tags=dict(tags))
+    run_id = run.info.run_id
+    try:
+        yield run_id
+    except BaseException:
+        mlflow_client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    mlflow_client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextmanager
+def pipeline_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
+    """A parent run for one flow run; marked FAILED if the block raises."""
+    all_tags = {"git_commit": git_commit() or "unknown"} | dict(tags or {})
+    with _run(experiment_id(experiment), name, all_tags) as run_id:
+        yield run_id
+
+
+@contextmanager
+def stage_run(parent_run_id: str, stage: str) -> Iterator[str]:
+    """A run nested under the pipeline run, named after its stage."""
+    parent = client().get_run(parent_run_id)
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: stage, "stage": stage}
+    with _run(parent.info.experiment_id, stage, tags) as run_id:
+        yield run_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys, the way the config is overridden."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+    for start in range(0, len(items), _BATCH):
+        client().log_batch(run_id, params=items[start : start + _BATCH])
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    now = get_current_time_millis()
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(items), _BATCH):
+        client().log_batch(run_id, metrics=items[start : start + _BATCH])
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_class_counts(run_id: str, counts: Mapping[str, int]) -> None:
+    client().log_text(run_id, json.dumps(dict(counts), indent=2), "class_counts.json")
+
+
+def log_datasets(run_id: str, splits: Mapping[str, pd.DataFrame], source: str, digest: str) -> None:
+    """Each split as an MLflow dataset input, its split name as the context."""
+    inputs = []
+    for name, frame in splits.items():
+        with warnings.catch_warnings():
+            # MLflow registers two equivalent local sources ("" and "file") and warns that it
+            # picked one of them; either is right for a local path.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=f"{source}/{name}.parquet",
+                targets="label",
+                name=f"data-{digest[:12]}",
+            )
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)]))
+    client().log_inputs(run_id, datasets=inputs)
+
+
+def git_commit(directory: Path | None = None) -> str | None:
+    """The commit of the checkout the code runs from, if it is one."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=directory or Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None

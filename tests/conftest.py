@@ -1,0 +1,56 @@
+"""Test kit: isolated Prefect and MLflow homes, one Prefect harness, a tiny BERT built on the fly."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect: its home, results and settings stay inside a temp dir,
+# and nothing phones home.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="edgeroute-prefect-"))
+os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_PREFECT_HOME / "results")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the session (it takes seconds to start); yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow SQLite store for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> list[str]:
+    from tasks.synthetic import generate
+
+    return [row["text"] for row in generate(300, seed=0)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tiny_corpus) -> Path:
+    """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on the test corpus."""
+    from tasks.base_model import build_tiny_bert
+
+    return build_tiny_bert(tiny_corpus, tmp_path_factory.mktemp("models") / "tiny-bert")
