@@ -49,4 +49,4 @@ mlflow-ui: $(STAMP)
 		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow/mlflow.db}
 
 clean:
-	rm -rf work .pytest_cache .ruff_cache
+	rm -rf work .prefect/storage .pytest_cache .ruff_cache

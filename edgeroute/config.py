@@ -68,9 +68,14 @@ class ModelConfig(_Frozen):
 
 
 class DaptConfig(_Frozen):
-    """Domain-adaptive masked-LM pre-training (reference: 2 epochs, batch 32, 15 % masking)."""
+    """Domain-adaptive masked-LM pre-training (reference: 2 epochs, batch 32, 15 % masking).
+
+    Trains on the training split's texts plus, if given, the texts of ``unlabelled_path``
+    (same formats and ``data.text_column`` as the labelled data).
+    """
 
     enabled: bool = True
+    unlabelled_path: Path | None = None
     epochs: float = Field(2, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
@@ -78,7 +83,14 @@ class DaptConfig(_Frozen):
 
 
 class ClassifierConfig(_Frozen):
-    """Two-stage fine-tuning: frozen-backbone head warm-up, then the whole model at a smaller rate."""
+    """Two-stage fine-tuning from the DAPT checkpoint.
+
+    Stage 1 trains the new head with the backbone frozen for ``head_epochs`` at
+    ``head_learning_rate`` with linear warm-up over ``warmup_ratio`` of its steps. Stage 2
+    fine-tunes everything at ``learning_rate`` for at most ``epochs``, reducing the rate by
+    ``plateau_factor`` when validation macro-F1 stalls, stopping after ``patience`` epochs
+    without improvement and keeping the best epoch.
+    """
 
     head_epochs: int = Field(1, ge=0)
     head_learning_rate: float = Field(3e-5, gt=0)
@@ -99,6 +111,12 @@ class ClassifierConfig(_Frozen):
         return self
 
 
+class ComputeConfig(_Frozen):
+    """How training runs: in-process, or as ``nproc_per_node`` processes under torchrun (DDP)."""
+
+    nproc_per_node: int = Field(1, ge=1, le=64)
+
+
 class TrackingConfig(_Frozen):
     """MLflow experiment; the tracking URI comes from ``MLFLOW_TRACKING_URI`` or the local store."""
 
@@ -115,6 +133,7 @@ class PipelineConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     dapt: DaptConfig = DaptConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

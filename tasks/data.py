@@ -47,8 +47,18 @@ class PreparedData:
     def path(self, split: str) -> Path:
         return self.directory / f"{split}.parquet"
 
+    def frame(self, split: str) -> pd.DataFrame:
+        return pd.read_parquet(self.path(split))
+
     def to_json(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def load(cls, directory: Path) -> PreparedData:
+        """Read a prepared split back from its data card."""
+        card = json.loads((directory / "data.json").read_text(encoding="utf-8"))
+        fields = {name: card[name] for name in cls.__dataclass_fields__}
+        return cls(**fields | {"directory": Path(card["directory"])})
 
 
 def _rows(index: list[int] | pd.Index) -> str:

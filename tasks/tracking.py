@@ -151,6 +151,12 @@ def log_datasets(run_id: str, splits: Mapping[str, pd.DataFrame], source: str, d
     client().log_inputs(run_id, datasets=inputs)
 
 
+def log_stage_summary(run_id: str, stage: str, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:
+    """A stage's headline metrics and tags on the pipeline run, whether it ran or came from cache."""
+    log_metrics(run_id, {f"{stage}.{key}": value for key, value in metrics.items()})
+    set_tags(run_id, {f"{stage}.{key}": value for key, value in tags.items()})
+
+
 def git_commit(directory: Path | None = None) -> str | None:
     """The commit of the checkout the code runs from, if it is one."""
     try:

@@ -5,12 +5,26 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
+import tasks.classifier
 from flows.training import training_pipeline
 from tasks.data import SPLITS, DataValidationError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _task_states(state) -> dict[str, str]:
+    """Task name -> state name for the flow run behind ``state``."""
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
 def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
@@ -20,14 +34,32 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.params["model.base"] == "tiny"
-    assert parent.data.params["data.n_samples"] == "400"
+    assert parent.data.params["data.n_samples"] == "600"
     assert parent.data.tags["preset"] == "tiny"
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
-    (child,) = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    children = {
+        run.info.run_name: run
+        for run in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+    }
+    assert set(children) == {"data", "dapt", "classifier"}
+    assert (
+        children["dapt"].data.metrics["perplexity_after"] < children["dapt"].data.metrics["perplexity_before"]
     )
-    assert child.info.run_name == "data"
+    assert children["classifier"].data.metrics["test_accuracy"] == pytest.approx(
+        float(result["test_accuracy"]), abs=1e-4
+    )
+    assert "confusion_matrix.png" in {
+        a.path for a in client.list_artifacts(children["classifier"].info.run_id)
+    }
+    assert (
+        parent.data.metrics["classifier.test_macro_f1"]
+        == children["classifier"].data.metrics["test_macro_f1"]
+    )
+    assert parent.data.tags["dapt.checkpoint"] == result["dapt_checkpoint"]
+    child = children["data"]
     assert child.data.tags["data.digest"] == result["data_digest"]
     assert child.data.metrics["num_classes"] == 3
     contexts = {
@@ -60,3 +92,52 @@ def test_bad_data_fails_the_flow_and_its_run_and_writes_nothing(tmp_path, mlflow
     (run,) = client.search_runs([client.get_experiment_by_name("edgeroute").experiment_id])
     assert run.info.status == "FAILED"
     assert not (tmp_path / "work").exists()
+
+
+def test_a_rerun_takes_finished_stages_from_the_cache(tmp_path, mlflow_uri):
+    overrides = [f"work_dir={tmp_path / 'work'}"]
+    first = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    second = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert _task_states(first) == {
+        "prepare-data": "Completed",
+        "domain-adapt": "Completed",
+        "train-classifier": "Completed",
+    }
+    assert _task_states(second) == {
+        "prepare-data": "Completed",
+        "domain-adapt": "Cached",
+        "train-classifier": "Cached",
+    }
+    assert second.result()["classifier_checkpoint"] == first.result()["classifier_checkpoint"]
+    other_seed = training_pipeline(
+        preset="tiny", overrides=[*overrides, "classifier.patience=1"], return_state=True
+    )
+    assert _task_states(other_seed)["domain-adapt"] == "Cached"
+    assert _task_states(other_seed)["train-classifier"] == "Completed"
+
+
+def test_a_crash_in_a_later_stage_keeps_the_earlier_ones(tmp_path, mlflow_uri, monkeypatch):
+    overrides = [f"work_dir={tmp_path / 'work'}"]
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("classifier process killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.classifier, "fine_tune", killed)
+        crashed = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert crashed.is_failed()
+    assert not list((tmp_path / "work" / "checkpoints").glob("classifier-*"))
+    resumed = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert resumed.is_completed()
+    assert _task_states(resumed)["domain-adapt"] == "Cached"
+    assert _task_states(resumed)["train-classifier"] == "Completed"
+
+
+@pytest.mark.slow
+def test_demo_preset_on_the_real_base_model(tmp_path, mlflow_uri):
+    """Acceptance on MiniLM: DAPT lowers held-out perplexity; the classifier beats TF-IDF."""
+    result = training_pipeline(preset="demo", overrides=[f"work_dir={tmp_path / 'work'}"])
+    run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
+    metrics = run.data.metrics
+    assert metrics["dapt.perplexity_after"] < metrics["dapt.perplexity_before"]
+    assert metrics["classifier.test_accuracy"] > metrics["classifier.baseline_tfidf_test_accuracy"] + 0.05

@@ -283,7 +283,7 @@ def test_split_files_are_written_with_their_data_card(tmp_path):
     card = json.loads((prepared.directory / "data.json").read_text())
     assert card["digest"] == prepared.digest
     assert card["labels"] == ["negative", "neutral", "positive"]
-    assert card["config"]["n_samples"] == 400
+    assert card["config"]["n_samples"] == 600
     leftovers = [p.name for p in prepared.directory.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

@@ -1,0 +1,213 @@
+"""Classifier fine-tuning from the DAPT checkpoint: head warm-up, then full fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from edgeroute.config import PipelineConfig
+from tasks import tracking, trainer
+from tasks.data import PreparedData
+
+STAGE = "classifier"
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+    }
+
+
+def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
+    """TF-IDF (words and bigrams) + logistic regression: the bar a transformer must clear."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    model = LogisticRegression(max_iter=2000, C=10.0)
+    model.fit(vectorizer.fit_transform(train["text"]), train["label"])
+    return classification_metrics(test["label"].to_numpy(), model.predict(vectorizer.transform(test["text"])))
+
+
+def _compute_metrics(prediction) -> dict[str, float]:
+    return classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1))
+
+
+def save_confusion_matrix(labels: list[str], truth: np.ndarray, predicted: np.ndarray, path: Path) -> None:
+    """A confusion-matrix PNG; cell counts are written only when there are few classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    size = min(4 + 0.25 * len(labels), 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay.from_predictions(
+        truth, predicted, labels=range(len(labels)), display_labels=labels, ax=ax,
+        include_values=len(labels) <= 20, xticks_rotation="vertical", colorbar=False,
+    )  # fmt: skip
+    ax.set_title("Test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def warm_up_head(model, config: PipelineConfig, output: Path, run_id: str | None, **datasets) -> None:
+    """Stage 1: train the new head with the backbone frozen, then unfreeze the backbone."""
+    settings = config.classifier
+    model.base_model.requires_grad_(False)
+    trainer.build_trainer(
+        model=model,
+        args=trainer.training_arguments(
+            output,
+            epochs=settings.head_epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.head_learning_rate,
+            seed=config.seed,
+            warmup_ratio=settings.warmup_ratio,
+            eval_strategy="epoch",
+            save_strategy="no",
+        ),
+        callbacks=[trainer.metrics_callback(run_id, STAGE)],
+        **datasets,
+    ).train()
+    model.base_model.requires_grad_(True)
+
+
+def fine_tune(
+    config: PipelineConfig, data: PreparedData, init: str, output: Path, run_id: str | None
+) -> dict[str, float]:
+    """Train a sequence classifier from ``init`` in two stages; save the best with its label names."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        set_seed,
+    )
+
+    settings = config.classifier
+    set_seed(config.seed)  # the new head is initialised from the global generator
+    label_ids = {label: i for i, label in enumerate(data.labels)}
+    tokenizer = AutoTokenizer.from_pretrained(init)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        init,
+        num_labels=len(data.labels),
+        id2label=dict(enumerate(data.labels)),
+        label2id=label_ids,
+    )
+    splits = {name: data.frame(name) for name in ("train", "validation", "test")}
+    encoded = {
+        name: trainer.tokenize(
+            tokenizer, frame["text"], config.model.max_length, frame["label"].map(label_ids)
+        )
+        for name, frame in splits.items()
+    }
+    common = {
+        "train_dataset": encoded["train"],
+        "eval_dataset": encoded["validation"],
+        "data_collator": DataCollatorWithPadding(tokenizer),
+        "compute_metrics": _compute_metrics,
+    }
+
+    if settings.head_epochs:
+        warm_up_head(model, config, output, run_id, **common)
+
+    full = trainer.build_trainer(
+        model=model,
+        args=trainer.training_arguments(
+            output,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            seed=config.seed,
+            lr_scheduler_type="reduce_lr_on_plateau",
+            lr_scheduler_kwargs={"mode": "max", "factor": settings.plateau_factor, "patience": 0},
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            save_only_model=True,
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="macro_f1",
+            greater_is_better=True,
+        ),
+        callbacks=[
+            EarlyStoppingCallback(early_stopping_patience=settings.patience),
+            trainer.metrics_callback(run_id, STAGE, epoch_offset=settings.head_epochs),
+        ],
+        **common,
+    )
+    full.train()
+
+    results: dict[str, float] = {"epochs_trained": float(full.state.epoch or 0)}
+    for name in ("validation", "test"):
+        # Evaluation batches are grouped by length too: take the labels in prediction order.
+        prediction = full.predict(encoded[name])
+        predicted, truth = prediction.predictions.argmax(-1), prediction.label_ids
+        results |= {f"{name}_{k}": v for k, v in classification_metrics(truth, predicted).items()}
+        if name == "test" and full.is_world_process_zero():
+            output.mkdir(parents=True, exist_ok=True)
+            save_confusion_matrix(data.labels, truth, predicted, output / "confusion_matrix.png")
+    results |= {
+        f"baseline_tfidf_test_{k}": v for k, v in tfidf_baseline(splits["train"], splits["test"]).items()
+    }
+    full.save_model(str(output))
+    if full.is_world_process_zero():
+        tokenizer.save_pretrained(output)
+        (output / "labels.json").write_text(json.dumps(data.labels, indent=2), encoding="utf-8")
+        shutil.rmtree(output / "trainer", ignore_errors=True)
+    return results
+
+
+def cache_key(config: PipelineConfig, data: PreparedData, init: trainer.Checkpoint) -> str:
+    """The starting checkpoint's key + data digest + classifier config + seed + code."""
+    return trainer.stage_key(
+        STAGE,
+        init.key,
+        data.digest,
+        config.model.max_length,
+        config.classifier.model_dump(mode="json"),
+        config.seed,
+        str(config.work_dir.resolve()),
+        trainer.code_digest(sys.modules[__name__], trainer),
+    )
+
+
+def _task_cache_key(context, parameters) -> str:
+    return cache_key(parameters["config"], parameters["data"], parameters["init"])
+
+
+@task(name="train-classifier", cache_key_fn=_task_cache_key, persist_result=True, log_prints=True)
+def train_classifier(
+    config: PipelineConfig, data: PreparedData, init: trainer.Checkpoint, parent_run_id: str
+) -> trainer.Checkpoint:
+    """Prefect task: fine-tune the classifier as a nested MLflow run with its confusion matrix."""
+    key = cache_key(config, data, init)
+    with tracking.stage_run(parent_run_id, STAGE) as run_id:
+        tracking.log_params(
+            run_id,
+            {"init": str(init.path), "num_labels": len(data.labels), "max_length": config.model.max_length}
+            | config.classifier.model_dump(mode="json"),
+        )
+        checkpoint = trainer.run_stage(
+            sys.modules[__name__], fine_tune, config, data, str(init.path), key, run_id
+        )
+        tracking.log_metrics(run_id, checkpoint.metrics)
+        tracking.log_artifact(run_id, checkpoint.path / "confusion_matrix.png")
+        tracking.log_artifact(run_id, checkpoint.path / "labels.json")
+        tracking.set_tags(run_id, {"checkpoint": str(checkpoint.path), "cache_key": key})
+    return checkpoint
+
+
+if __name__ == "__main__":
+    trainer.stage_main(fine_tune)
