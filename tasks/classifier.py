@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -75,8 +74,6 @@ def warm_up_head(model, config: PipelineConfig, output: Path, run_id: str | None
             learning_rate=settings.head_learning_rate,
             seed=config.seed,
             warmup_ratio=settings.warmup_ratio,
-            eval_strategy="epoch",
-            save_strategy="no",
         ),
         callbacks=[trainer.metrics_callback(run_id, STAGE)],
         **datasets,
@@ -133,7 +130,6 @@ def fine_tune(
             seed=config.seed,
             lr_scheduler_type="reduce_lr_on_plateau",
             lr_scheduler_kwargs={"mode": "max", "factor": settings.plateau_factor, "patience": 0},
-            eval_strategy="epoch",
             save_strategy="epoch",
             save_only_model=True,
             save_total_limit=1,
@@ -161,11 +157,9 @@ def fine_tune(
     results |= {
         f"baseline_tfidf_test_{k}": v for k, v in tfidf_baseline(splits["train"], splits["test"]).items()
     }
-    full.save_model(str(output))
+    trainer.save_checkpoint(full, model, tokenizer, output)
     if full.is_world_process_zero():
-        tokenizer.save_pretrained(output)
         (output / "labels.json").write_text(json.dumps(data.labels, indent=2), encoding="utf-8")
-        shutil.rmtree(output / "trainer", ignore_errors=True)
     return results
 
 

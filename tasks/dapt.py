@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -90,8 +89,6 @@ def continue_pretraining(
             batch_size=settings.batch_size,
             learning_rate=settings.learning_rate,
             seed=config.seed,
-            eval_strategy="epoch",
-            save_strategy="no",
             prediction_loss_only=True,
         ),
         train_dataset=trainer.tokenize(tokenizer, domain_texts(config, data), max_length),
@@ -102,10 +99,7 @@ def continue_pretraining(
     before = _perplexity(hf_trainer, config.seed)
     hf_trainer.train()
     after = _perplexity(hf_trainer, config.seed)
-    if hf_trainer.is_world_process_zero():
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        shutil.rmtree(output / "trainer", ignore_errors=True)
+    trainer.save_checkpoint(hf_trainer, model, tokenizer, output)
     return {"perplexity_before": before, "perplexity_after": after}
 
 

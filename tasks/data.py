@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import unicodedata
 from dataclasses import asdict, dataclass
 from io import StringIO
@@ -18,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from edgeroute.config import DataConfig, PipelineConfig
+from edgeroute.files import atomic_directory
 from tasks import synthetic, tracking
 
 SPLITS = ("train", "validation", "calibration", "test")
@@ -235,19 +233,15 @@ def load_source(config: DataConfig, seed: int) -> tuple[pd.DataFrame, str]:
 
 def write_splits(splits: dict[str, pd.DataFrame], destination: Path, card: dict) -> None:
     """Write the splits and their data card atomically: a complete directory or none."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
     try:
-        for name, split in splits.items():
-            split.to_parquet(staging / f"{name}.parquet", index=False)
-        (staging / "data.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        os.replace(staging, destination)
+        with atomic_directory(destination) as staging:
+            for name, split in splits.items():
+                split.to_parquet(staging / f"{name}.parquet", index=False)
+            (staging / "data.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     except OSError:
-        if destination.is_dir() and (destination / "data.json").is_file():
-            return  # the same content, written by a concurrent run
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (destination / "data.json").is_file():
+            raise
+        # Otherwise a concurrent run wrote the same content first.
 
 
 def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.DataFrame]]:

@@ -19,13 +19,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
 from edgeroute.config import PipelineConfig, build_config, to_yaml
+from edgeroute.files import atomic_directory
 from tasks import tracking
 from tasks.data import PreparedData
 
@@ -93,9 +93,7 @@ def run_stage(
     if existing is not None:
         logger.info("%s: reusing checkpoint %s", stage, destination)
         return existing
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
-    try:
+    with atomic_directory(destination) as staging:
         # The config that produced the checkpoint is saved beside it (and read by torchrun workers).
         (staging / CONFIG).write_text(to_yaml(config), encoding="utf-8")
         if config.compute.nproc_per_node > 1:
@@ -104,9 +102,6 @@ def run_stage(
             metrics = fn(config, data, init, staging, run_id)
         checkpoint = Checkpoint(destination, key, stage, metrics, run_id)
         (staging / COMPLETE).write_text(json.dumps(checkpoint.to_json(), indent=2), encoding="utf-8")
-        os.replace(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return checkpoint
 
 
@@ -152,7 +147,10 @@ def stage_main(fn: StageFn, argv: list[str] | None = None) -> None:
 def training_arguments(
     output: Path, *, epochs: float, batch_size: int, learning_rate: float, seed: int, **extra
 ):
-    """TrainingArguments for CPU or GPU, single process or DDP, with dynamic padding by length."""
+    """TrainingArguments for CPU or GPU, single process or DDP, batches grouped by length.
+
+    Every stage evaluates once per epoch and saves nothing unless ``extra`` says otherwise.
+    """
     import torch
     from transformers import TrainingArguments
 
@@ -173,8 +171,16 @@ def training_arguments(
         use_cpu=not cuda,
         ddp_backend="gloo" if distributed and not cuda else None,
         dataloader_num_workers=0,
-        **extra,
+        **{"eval_strategy": "epoch", "save_strategy": "no"} | extra,
     )
+
+
+def save_checkpoint(hf_trainer, model, tokenizer, output: Path) -> None:
+    """The model and tokenizer as a Hugging Face checkpoint, from the main process only."""
+    if hf_trainer.is_world_process_zero():
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        shutil.rmtree(output / "trainer", ignore_errors=True)
 
 
 def build_trainer(**kwargs):
