@@ -111,6 +111,34 @@ class ClassifierConfig(_Frozen):
         return self
 
 
+class CompressConfig(_Frozen):
+    """ONNX export and dynamic INT8 quantization of the classifier."""
+
+    optimize: bool = True
+    per_channel: bool = True
+    quantize_embeddings: bool = True
+    trim_vocabulary: bool = False
+
+
+class EvaluateConfig(_Frozen):
+    """The FP32 / INT8 benchmark on the test split."""
+
+    latency_queries: int = Field(200, ge=10)
+    warmup: int = Field(20, ge=0)
+    throughput_threads: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class GateConfig(_Frozen):
+    """What INT8 must keep of FP32 to pass, budgets, and the accuracy-aware fallback."""
+
+    min_accuracy_retention: float = Field(0.99, gt=0)
+    min_macro_f1_retention: float | None = Field(0.99, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    max_p95_latency_ms: float | None = Field(None, gt=0)
+    max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
+
+
 class ComputeConfig(_Frozen):
     """How training runs: in-process, or as ``nproc_per_node`` processes under torchrun (DDP)."""
 
@@ -133,6 +161,9 @@ class PipelineConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     dapt: DaptConfig = DaptConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    compress: CompressConfig = CompressConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
 

@@ -54,3 +54,34 @@ def tiny_bert(tmp_path_factory, tiny_corpus) -> Path:
     from tasks.base_model import build_tiny_bert
 
     return build_tiny_bert(tiny_corpus, tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """The tiny preset's config and prepared data, shared by the model-stage tests."""
+    from edgeroute.config import load_config
+    from tasks.data import prepare_dataset
+
+    config = load_config("tiny", [f"work_dir={tmp_path_factory.mktemp('work')}"])
+    return config, prepare_dataset(config)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_prepared, tiny_bert) -> Path:
+    """A sequence classifier fine-tuned from the tiny BERT (no DAPT), as a HF checkpoint."""
+    from tasks.classifier import fine_tune
+
+    config, data = tiny_prepared
+    output = tmp_path_factory.mktemp("classifier")
+    fine_tune(config, data, str(tiny_bert), output, None)
+    return output
+
+
+@pytest.fixture(scope="session")
+def tiny_compressed(tmp_path_factory, tiny_prepared, tiny_classifier):
+    """The tiny classifier exported, fused and quantized with the default recipe."""
+    from tasks.compress import compress
+
+    config, data = tiny_prepared
+    corpus = data.frame("train")["text"].tolist()
+    return compress(tiny_classifier, corpus, config.compress, tmp_path_factory.mktemp("compress"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
@@ -13,8 +15,10 @@ from prefect.client.schemas.filters import (
 )
 
 import tasks.classifier
+from edgeroute.bundle import load_bundle
 from flows.training import training_pipeline
 from tasks.data import SPLITS, DataValidationError
+from tasks.gate import GateFailed
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -44,7 +48,7 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
             [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
     }
-    assert set(children) == {"data", "dapt", "classifier"}
+    assert set(children) == {"data", "dapt", "classifier", "compress", "benchmark", "gate"}
     assert (
         children["dapt"].data.metrics["perplexity_after"] < children["dapt"].data.metrics["perplexity_before"]
     )
@@ -59,6 +63,15 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
         == children["classifier"].data.metrics["test_macro_f1"]
     )
     assert parent.data.tags["dapt.checkpoint"] == result["dapt_checkpoint"]
+    assert children["compress"].data.metrics["quantized_ops"] > 0
+    assert (
+        children["benchmark"].data.metrics["int8.size_mb"]
+        < children["benchmark"].data.metrics["fp32.size_mb"]
+    )
+    assert "gate_report.md" in {a.path for a in client.list_artifacts(children["gate"].info.run_id)}
+    bundle = load_bundle(Path(result["bundle"]))
+    assert bundle.manifest["lineage"]["mlflow_run_id"] == parent.info.run_id
+    assert bundle.manifest["lineage"]["data_digest"] == result["data_digest"]
     child = children["data"]
     assert child.data.tags["data.digest"] == result["data_digest"]
     assert child.data.metrics["num_classes"] == 3
@@ -98,16 +111,9 @@ def test_a_rerun_takes_finished_stages_from_the_cache(tmp_path, mlflow_uri):
     overrides = [f"work_dir={tmp_path / 'work'}"]
     first = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
     second = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
-    assert _task_states(first) == {
-        "prepare-data": "Completed",
-        "domain-adapt": "Completed",
-        "train-classifier": "Completed",
-    }
-    assert _task_states(second) == {
-        "prepare-data": "Completed",
-        "domain-adapt": "Cached",
-        "train-classifier": "Cached",
-    }
+    assert _task_states(first)["domain-adapt"] == _task_states(first)["train-classifier"] == "Completed"
+    assert _task_states(second)["domain-adapt"] == _task_states(second)["train-classifier"] == "Cached"
+    assert _task_states(second)["bundle"] == "Completed"
     assert second.result()["classifier_checkpoint"] == first.result()["classifier_checkpoint"]
     other_seed = training_pipeline(
         preset="tiny", overrides=[*overrides, "classifier.patience=1"], return_state=True
@@ -131,6 +137,36 @@ def test_a_crash_in_a_later_stage_keeps_the_earlier_ones(tmp_path, mlflow_uri, m
     assert resumed.is_completed()
     assert _task_states(resumed)["domain-adapt"] == "Cached"
     assert _task_states(resumed)["train-classifier"] == "Completed"
+
+
+def test_a_gate_that_cannot_pass_fails_the_flow_with_a_report_and_no_bundle(tmp_path, mlflow_uri):
+    overrides = [f"work_dir={tmp_path / 'work'}", "gate.min_accuracy_retention=1.5", "gate.max_attempts=3"]
+    state = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(GateFailed) as failed:
+        state.result()
+    report = str(failed.value)
+    assert report.count("accuracy_retention") == 3
+    assert (
+        "| 1 | primary |" in report
+        and "| 2 | per_channel=False |" in report
+        and "| 3 | head in FP32 |" in report
+    )
+    assert not (tmp_path / "work" / "bundles").exists()
+    client = MlflowClient(mlflow_uri)
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs([client.get_experiment_by_name("edgeroute").experiment_id])
+    }
+    assert runs["gate"].info.status == "FAILED"
+    parent = next(r for name, r in runs.items() if name.startswith("edgeroute-tiny"))
+    assert parent.info.status == "FAILED"
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate-report"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        )
+    assert "Quantization gate" in artifact.data
 
 
 @pytest.mark.slow

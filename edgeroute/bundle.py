@@ -1,0 +1,123 @@
+"""The model bundle: the one directory that is gated, registered, served and rolled back.
+
+``manifest.json`` lists every file with its sha256; loading checks each one and refuses a
+bundle that does not match, so what is served is exactly what was gated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeroute.files import atomic_directory
+from edgeroute.model import OnnxClassifier, load_tokenizer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+EDGE_MODEL = "edge/model.onnx"
+CLOUD_MODEL = "cloud/model.onnx"
+TOKENIZER = "tokenizer.json"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, malformed or altered since it was written."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bundle(
+    destination: Path,
+    files: Mapping[str, Path],
+    *,
+    labels: list[str],
+    max_length: int,
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+) -> Path:
+    """Copy ``files`` (bundle path -> source) into a new bundle with its manifest, atomically.
+
+    An existing bundle is never overwritten: bundles are immutable once written.
+    """
+    for required in (EDGE_MODEL, TOKENIZER):
+        if required not in files:
+            raise BundleError(f"a bundle needs {required}")
+    if destination.exists():
+        raise BundleError(f"{destination} already exists; bundles are never overwritten")
+    with atomic_directory(destination) as staging:
+        hashes = {}
+        for name, source in sorted(files.items()):
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            hashes[name] = sha256(target)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "labels": labels,
+            "max_length": max_length,
+            "files": hashes,
+            "metrics": dict(metrics),
+            "lineage": dict(lineage),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return destination
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+    def classifier(self, name: str = EDGE_MODEL, *, threads: int = 1, batch_size: int = 32) -> OnnxClassifier:
+        """The ONNX classifier ``name`` (edge or cloud) with the bundle's tokenizer and labels."""
+        if not self.has(name):
+            raise BundleError(f"{self.path}: no {name} in this bundle")
+        # A model may carry its own tokenizer (the FP32 cloud model beside a trimmed edge one).
+        own = str(Path(name).parent / TOKENIZER)
+        tokenizer_file = self.path / (own if self.has(own) else TOKENIZER)
+        tokenizer = load_tokenizer(tokenizer_file, self.manifest["max_length"])
+        return OnnxClassifier(
+            self.path / name, tokenizer, self.labels, threads=threads, batch_size=batch_size
+        )
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read a bundle, verifying its format and every file's sha256."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
+            f"this edgeroute reads {FORMAT_VERSION}"
+        )
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is listed in the manifest but missing")
+        if sha256(file) != expected:
+            raise BundleError(f"{path}: {name} does not match its sha256 in the manifest; refusing it")
+    return Bundle(path, manifest)

@@ -1,0 +1,81 @@
+"""The ONNX text classifier that the edge (and a local cloud tier) runs.
+
+`tokenizers` for encoding, onnxruntime for inference, numpy in between: no torch, no
+transformers. Each batch is padded to its own longest text, and texts are sorted by length
+before batching so that short queries never pay for long ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """A fast tokenizer that truncates to ``max_length`` and pads each batch to its longest."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    return tokenizer
+
+
+class OnnxClassifier:
+    """Batched ``predict_proba`` over an ONNX sequence classifier."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer: Tokenizer,
+        labels: Sequence[str],
+        *,
+        threads: int = 1,
+        batch_size: int = 32,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.batch_size = batch_size
+        self.path = Path(model_path)
+
+    def _run(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(list(texts))
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw scores, one row per text, in the order given."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            out[chunk] = self._run([texts[i] for i in chunk])
+        return out
+
+    def predict_proba(self, texts: Sequence[str], temperature: float = 1.0) -> np.ndarray:
+        return softmax(self.logits(texts), temperature)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return [self.labels[i] for i in self.logits(texts).argmax(axis=-1)]

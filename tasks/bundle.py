@@ -1,0 +1,54 @@
+"""The bundle: what passed the gate, packaged with its manifest and lineage (DESIGN §3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, TOKENIZER, write_bundle
+from edgeroute.config import PipelineConfig
+from tasks import tracking
+from tasks.compress import Compressed
+from tasks.data import PreparedData
+from tasks.gate import GateDecision
+
+
+def bundle_files(compressed: Compressed, decision: GateDecision) -> dict[str, Path]:
+    """Bundle path -> source: INT8 edge, FP32 cloud, and the cloud tokenizer when it differs."""
+    fp32 = compressed.variants["fp32"]
+    files = {EDGE_MODEL: decision.edge.model, TOKENIZER: decision.edge.tokenizer, CLOUD_MODEL: fp32.model}
+    if fp32.tokenizer.read_bytes() != decision.edge.tokenizer.read_bytes():
+        files[f"cloud/{TOKENIZER}"] = fp32.tokenizer
+    return files
+
+
+@task(name="bundle")
+def bundle_model(
+    config: PipelineConfig,
+    data: PreparedData,
+    compressed: Compressed,
+    decision: GateDecision,
+    benchmarks: dict[str, dict[str, float]],
+    parent_run_id: str,
+) -> Path:
+    """Prefect task: write the bundle under ``work_dir/bundles/<run id>`` and log it to MLflow."""
+    destination = config.work_dir.resolve() / "bundles" / parent_run_id
+    metrics = {"edge": decision.metrics, "cloud": benchmarks["fp32"], "compress": compressed.info}
+    lineage = {
+        "data_digest": data.digest,
+        "git_commit": tracking.git_commit(),
+        "mlflow_run_id": parent_run_id,
+        "base_model": config.model.base,
+        "quantization_recipe": decision.recipe.name,
+    }
+    write_bundle(
+        destination,
+        bundle_files(compressed, decision),
+        labels=data.labels,
+        max_length=config.model.max_length,
+        metrics=metrics,
+        lineage=lineage,
+    )
+    tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
+    return destination

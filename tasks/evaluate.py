@@ -1,0 +1,101 @@
+"""Benchmark: FP32 and INT8 on the test split, through the runtime model that will be served."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from edgeroute.config import EvaluateConfig, PipelineConfig
+from edgeroute.model import OnnxClassifier, load_tokenizer
+from tasks import tracking
+from tasks.compress import Compressed, Variant, size_mb
+from tasks.data import PreparedData
+
+HEADLINE = ("accuracy", "macro_f1", "p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "size_mb")
+
+
+def quality(classifier: OnnxClassifier, frame: pd.DataFrame) -> dict[str, float]:
+    """Accuracy, macro-F1 and the F1 of each class."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = classifier.predict(frame["text"].tolist())
+    labels = classifier.labels
+    per_class = f1_score(frame["label"], predicted, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(frame["label"], predicted)),
+        "macro_f1": float(np.mean(per_class)),
+    } | {f"f1.{label}": float(score) for label, score in zip(labels, per_class, strict=True)}
+
+
+def latency(classifier: OnnxClassifier, texts: list[str], queries: int, warmup: int) -> dict[str, float]:
+    """Single-query latency, tokenization included, after warm-up."""
+    for text in texts[:warmup]:
+        classifier.logits([text])
+    timings = []
+    for text in (texts * (queries // max(len(texts), 1) + 1))[:queries]:
+        start = time.perf_counter()
+        classifier.logits([text])
+        timings.append((time.perf_counter() - start) * 1000)
+    p50, p95, p99 = np.percentile(timings, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def throughput(classifier: OnnxClassifier, texts: list[str]) -> float:
+    """Messages per second through batched ``predict_proba``."""
+    classifier.logits(texts[: classifier.batch_size])
+    start = time.perf_counter()
+    classifier.logits(texts)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def benchmark(
+    variant: Variant, labels: list[str], max_length: int, test: pd.DataFrame, settings: EvaluateConfig
+) -> dict[str, float]:
+    """Quality, one-thread latency, batched throughput, file size and the memory the model takes."""
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    tokenizer = load_tokenizer(variant.tokenizer, max_length)
+    single = OnnxClassifier(variant.model, tokenizer, labels, threads=1)
+    metrics = quality(single, test)
+    metrics |= latency(single, test["text"].tolist(), settings.latency_queries, settings.warmup)
+    metrics["rss_mb"] = (process.memory_info().rss - rss_before) / 1e6
+    batched = OnnxClassifier(
+        variant.model, tokenizer, labels, threads=settings.throughput_threads, batch_size=settings.batch_size
+    )
+    metrics["throughput_per_s"] = throughput(batched, test["text"].tolist())
+    metrics["size_mb"] = size_mb(variant.model)
+    return metrics
+
+
+def benchmark_all(
+    compressed: Compressed, labels: list[str], max_length: int, test: pd.DataFrame, settings: EvaluateConfig
+) -> dict[str, dict[str, float]]:
+    return {
+        name: benchmark(variant, labels, max_length, test, settings)
+        for name, variant in compressed.variants.items()
+    }
+
+
+@task(name="benchmark")
+def benchmark_models(
+    config: PipelineConfig, data: PreparedData, compressed: Compressed, parent_run_id: str
+) -> dict[str, dict[str, float]]:
+    """Prefect task: benchmark every variant, to MLflow and as a Prefect table artifact."""
+    results = benchmark_all(
+        compressed, data.labels, config.model.max_length, data.frame("test"), config.evaluate
+    )
+    with tracking.stage_run(parent_run_id, "benchmark") as run_id:
+        tracking.log_params(run_id, config.evaluate.model_dump(mode="json"))
+        for name, metrics in results.items():
+            tracking.log_metrics(run_id, {f"{name}.{key}": value for key, value in metrics.items()})
+    create_table_artifact(
+        key="benchmark",
+        table=[{"model": name} | {k: round(m[k], 4) for k in HEADLINE} for name, m in results.items()],
+        description="FP32 vs INT8 on the test split (latency: one thread, one query, tokenization included).",
+    )
+    return results

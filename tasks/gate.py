@@ -1,0 +1,192 @@
+"""The accuracy-retention gate, with an accuracy-aware fallback over quantization recipes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from edgeroute.config import GateConfig, PipelineConfig
+from edgeroute.model import OnnxClassifier, load_tokenizer
+from tasks import tracking
+from tasks.compress import Compressed, Recipe, Variant, fallback_recipes, quantize, weight_nodes
+from tasks.data import PreparedData
+from tasks.evaluate import benchmark
+
+Metrics = dict[str, float]
+
+
+class GateFailed(RuntimeError):
+    """No quantization recipe kept enough of the FP32 model; the message is the full report."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float
+    limit: float
+    at_least: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.limit if self.at_least else self.value <= self.limit
+
+    def __str__(self) -> str:
+        sign = ">=" if self.at_least else "<="
+        return f"{self.name} {self.value:.4f} {sign} {self.limit:g}: {'pass' if self.passed else 'FAIL'}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    recipe: Recipe
+    metrics: Metrics
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+
+def check(fp32: Metrics, int8: Metrics, settings: GateConfig) -> list[Check]:
+    """INT8 against FP32: accuracy (and macro-F1) retention, then the optional budgets."""
+    checks = [
+        Check(
+            "accuracy_retention", int8["accuracy"] / fp32["accuracy"], settings.min_accuracy_retention, True
+        )
+    ]
+    if settings.min_macro_f1_retention is not None:
+        checks.append(
+            Check(
+                "macro_f1_retention",
+                int8["macro_f1"] / fp32["macro_f1"],
+                settings.min_macro_f1_retention,
+                True,
+            )
+        )
+    if settings.max_size_mb is not None:
+        checks.append(Check("size_mb", int8["size_mb"], settings.max_size_mb, False))
+    if settings.max_p95_latency_ms is not None:
+        checks.append(Check("p95_ms", int8["p95_ms"], settings.max_p95_latency_ms, False))
+    return checks
+
+
+def report(fp32: Metrics, attempts: list[Attempt]) -> str:
+    """Markdown: the FP32 reference and every recipe tried, with its checks."""
+    lines = [
+        "# Quantization gate",
+        "",
+        f"FP32 reference: accuracy {fp32['accuracy']:.4f}, macro-F1 {fp32['macro_f1']:.4f}, "
+        f"{fp32['size_mb']:.1f} MB.",
+        "",
+        "| # | recipe | accuracy | macro-F1 | size MB | p95 ms | result | checks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for number, attempt in enumerate(attempts, start=1):
+        m = attempt.metrics
+        lines.append(
+            f"| {number} | {attempt.recipe.name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
+            f"{m['size_mb']:.1f} | {m['p95_ms']:.2f} | {'pass' if attempt.passed else 'FAIL'} | "
+            + "; ".join(map(str, attempt.checks))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_gate(
+    fp32: Metrics,
+    primary: Attempt,
+    fallbacks: Callable[[], list[Recipe]],
+    evaluate: Callable[[Recipe], Metrics],
+    settings: GateConfig,
+) -> tuple[Attempt, list[Attempt]]:
+    """The primary recipe if it passes, else the first fallback that does (bounded).
+
+    ``fallbacks`` is called only when the primary fails: measuring sensitivity costs time.
+    """
+    attempts = [primary]
+    if not primary.passed:
+        for recipe in fallbacks()[: settings.max_attempts - 1]:
+            metrics = evaluate(recipe)
+            attempts.append(Attempt(recipe, metrics, check(fp32, metrics, settings)))
+            if attempts[-1].passed:
+                break
+    if not attempts[-1].passed:
+        raise GateFailed(report(fp32, attempts))
+    return attempts[-1], attempts
+
+
+def layer_sensitivity(
+    compressed: Compressed, labels: list[str], max_length: int, validation: pd.DataFrame
+) -> list[int]:
+    """Encoder layers, most sensitive first: validation accuracy with only that layer left in FP32."""
+    _, layers = weight_nodes(compressed.fused)
+    tokenizer = load_tokenizer(compressed.variants["int8"].tokenizer, max_length)
+    accuracy = {}
+    for layer, nodes in layers.items():
+        recipe = Recipe(
+            f"layer {layer} in FP32",
+            compressed.recipe.per_channel,
+            compressed.recipe.quantize_embeddings,
+            tuple(nodes),
+        )
+        path = quantize(compressed.fused, compressed.directory / f"sensitivity-{layer}.onnx", recipe)
+        predicted = OnnxClassifier(path, tokenizer, labels, threads=2).predict(validation["text"].tolist())
+        accuracy[layer] = float((pd.Series(predicted) == validation["label"].reset_index(drop=True)).mean())
+    return sorted(layers, key=lambda layer: (-accuracy[layer], layer))
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    edge: Variant
+    recipe: Recipe
+    metrics: Metrics
+    report: str
+
+
+@task(name="gate")
+def gate_model(
+    config: PipelineConfig,
+    data: PreparedData,
+    compressed: Compressed,
+    benchmarks: dict[str, Metrics],
+    parent_run_id: str,
+) -> GateDecision:
+    """Prefect task: pass INT8 through the gate or fail the flow with a report of every attempt."""
+    fp32, settings = benchmarks["fp32"], config.gate
+    int8 = compressed.variants["int8"]
+    primary = Attempt(compressed.recipe, benchmarks["int8"], check(fp32, benchmarks["int8"], settings))
+    test = data.frame("test")
+    paths = {compressed.recipe: int8.model}
+
+    def fallbacks() -> list[Recipe]:
+        order = layer_sensitivity(compressed, data.labels, config.model.max_length, data.frame("validation"))
+        return fallback_recipes(compressed.recipe, compressed.fused, order, settings.max_attempts - 1)
+
+    def evaluate(recipe: Recipe) -> Metrics:
+        path = quantize(compressed.fused, compressed.directory / f"int8-attempt-{len(paths)}.onnx", recipe)
+        paths[recipe] = path
+        return benchmark(
+            Variant(path, int8.tokenizer), data.labels, config.model.max_length, test, config.evaluate
+        )
+
+    with tracking.stage_run(parent_run_id, "gate") as run_id:
+        tracking.log_params(run_id, settings.model_dump(mode="json"))
+        try:
+            chosen, attempts = run_gate(fp32, primary, fallbacks, evaluate, settings)
+        except GateFailed as failed:
+            tracking.log_text(run_id, str(failed), "gate_report.md")
+            create_markdown_artifact(key="gate-report", markdown=str(failed), description="Gate failed")
+            raise
+        text = report(fp32, attempts)
+        tracking.log_text(run_id, text, "gate_report.md")
+        tracking.log_metrics(
+            run_id,
+            {check_.name: check_.value for check_ in chosen.checks} | {"attempts": len(attempts)},
+        )
+        tracking.set_tags(run_id, {"recipe": json.dumps(chosen.recipe.__dict__, default=list)})
+    create_markdown_artifact(key="gate-report", markdown=text, description="Gate passed")
+    return GateDecision(Variant(paths[chosen.recipe], int8.tokenizer), chosen.recipe, chosen.metrics, text)

@@ -1,0 +1,113 @@
+"""Export, fusion, dynamic INT8 and vocabulary trimming on the tiny classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from edgeroute.model import OnnxClassifier, load_tokenizer
+from tasks.compress import (
+    Recipe,
+    export_onnx,
+    fallback_recipes,
+    op_counts,
+    quantize,
+    quantized_op_count,
+    trim_vocabulary,
+    weight_nodes,
+)
+
+TEXTS = [
+    "My refund has not arrived after 12 days.",
+    "thanks!",
+    "Can you tell me when order #123456 ships? My email is anna.12@example.com",
+    "The delivery was great, but the headphones stopped working within a week and nobody answers.",
+]
+
+
+def _onnx(variant, labels, max_length=64):
+    return OnnxClassifier(variant.model, load_tokenizer(variant.tokenizer, max_length), labels)
+
+
+def test_onnx_logits_match_pytorch(tiny_classifier, tiny_compressed, tiny_prepared):
+    _, data = tiny_prepared
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    with torch.no_grad():
+        expected = model(
+            **tokenizer(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        ).logits
+    actual = _onnx(tiny_compressed.variants["fp32"], data.labels).logits(TEXTS)
+    np.testing.assert_allclose(actual, expected.numpy(), atol=1e-4)
+
+
+def test_int8_is_quantized_smaller_and_close(tiny_compressed, tiny_prepared):
+    _, data = tiny_prepared
+    fp32, int8 = tiny_compressed.variants["fp32"].model, tiny_compressed.variants["int8"].model
+    counts = op_counts(int8)
+    assert quantized_op_count(int8) > 0
+    assert counts["QAttention"] == 2  # fused attention, quantized, in each of the 2 layers
+    assert "Attention" not in counts
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    assert tiny_compressed.info["size_reduction_pct"] > 50
+    texts = data.frame("test")["text"].tolist()
+    agree = np.mean(
+        np.array(_onnx(tiny_compressed.variants["fp32"], data.labels).predict(texts))
+        == np.array(_onnx(tiny_compressed.variants["int8"], data.labels).predict(texts))
+    )
+    assert agree > 0.9
+
+
+def test_weight_nodes_find_the_head_and_each_layer(tiny_compressed):
+    head, layers = weight_nodes(tiny_compressed.fused)
+    assert sorted(head) == ["/bert/pooler/dense/Gemm", "/classifier/Gemm"]
+    assert sorted(layers) == [0, 1]
+    assert all(len(nodes) == 4 for nodes in layers.values())  # fused attention + 3 MatMuls
+
+
+def test_excluded_nodes_stay_fp32(tiny_compressed, tmp_path):
+    head, _ = weight_nodes(tiny_compressed.fused)
+    recipe = Recipe("head in FP32", True, True, tuple(head))
+    quantized = onnx.load(str(quantize(tiny_compressed.fused, tmp_path / "q.onnx", recipe)))
+    ops = {node.name: node.op_type for node in quantized.graph.node}
+    # The quantizer splits Gemm into MatMul + Add; excluded, the MatMul stays float.
+    assert ops["/classifier/Gemm_MatMul"] == ops["/bert/pooler/dense/Gemm_MatMul"] == "MatMul"
+    assert list(ops.values()).count("QAttention") == 2
+
+
+def test_fallback_recipes_are_bounded_and_grow_the_fp32_part(tiny_compressed):
+    primary = tiny_compressed.recipe
+    recipes = fallback_recipes(primary, tiny_compressed.fused, [1, 0], limit=10)
+    assert [r.name for r in recipes] == [
+        "per_channel=False",
+        "head in FP32",
+        "head and layer 1 in FP32",
+        "head and layers 1, 0 in FP32",
+    ]
+    assert [len(r.exclude) for r in recipes] == [0, 2, 6, 10]
+    assert len(fallback_recipes(primary, tiny_compressed.fused, [1, 0], limit=2)) == 2
+
+
+def test_vocabulary_trimming_keeps_predictions_on_in_vocabulary_text(
+    tiny_classifier, tiny_prepared, tmp_path
+):
+    _, data = tiny_prepared
+    corpus = data.frame("train")["text"].tolist()[:60]
+    info = trim_vocabulary(tiny_classifier, corpus, tmp_path / "trimmed")
+    assert info["vocab_kept"] < info["vocab_original"]
+    trimmed_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "trimmed")
+    assert trimmed_tokenizer.vocab_size == info["vocab_kept"]
+    full = export_onnx(tiny_classifier, tmp_path / "full")
+    small = export_onnx(tmp_path / "trimmed", tmp_path / "small")
+    full_logits = OnnxClassifier(
+        full, load_tokenizer(full.parent / "tokenizer.json", 64), data.labels
+    ).logits(corpus)
+    small_logits = OnnxClassifier(
+        small, load_tokenizer(small.parent / "tokenizer.json", 64), data.labels
+    ).logits(corpus)
+    np.testing.assert_allclose(small_logits, full_logits, atol=1e-4)
+    # An unseen word is spelled from kept characters, not lost to [UNK].
+    ids = trimmed_tokenizer("zzyzx")["input_ids"]
+    assert trimmed_tokenizer.unk_token_id not in ids

@@ -1,0 +1,77 @@
+"""The retention gate and its accuracy-aware fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeroute.config import GateConfig
+from tasks.compress import Recipe
+from tasks.gate import Attempt, GateFailed, check, run_gate
+
+FP32 = {"accuracy": 0.90, "macro_f1": 0.88, "size_mb": 90.0, "p95_ms": 5.0}
+
+
+def _metrics(accuracy: float, macro_f1: float = 0.88, size_mb: float = 22.0, p95_ms: float = 1.5) -> dict:
+    return {"accuracy": accuracy, "macro_f1": macro_f1, "size_mb": size_mb, "p95_ms": p95_ms}
+
+
+def _checks(metrics, **settings):
+    return {c.name: c.passed for c in check(FP32, metrics, GateConfig(**settings))}
+
+
+def test_retention_is_a_ratio_with_a_configurable_floor():
+    assert _checks(_metrics(0.891)) == {"accuracy_retention": True, "macro_f1_retention": True}
+    assert _checks(_metrics(0.890))["accuracy_retention"] is False  # 0.9889 < 0.99
+    assert _checks(_metrics(0.880), min_accuracy_retention=0.97)["accuracy_retention"] is True
+    assert _checks(_metrics(0.9, macro_f1=0.80))["macro_f1_retention"] is False
+    assert "macro_f1_retention" not in _checks(_metrics(0.9), min_macro_f1_retention=None)
+
+
+def test_size_and_latency_budgets():
+    checks = _checks(_metrics(0.9, size_mb=30.0, p95_ms=2.5), max_size_mb=25.0, max_p95_latency_ms=3.0)
+    assert checks["size_mb"] is False and checks["p95_ms"] is True
+
+
+def _gate(results: dict[str, dict], settings: GateConfig):
+    """Run the gate with quantization outcomes given per recipe; record what was tried."""
+    tried: list[str] = []
+    primary = Recipe("primary", True, True)
+    fallbacks = [Recipe("per_channel=False", False, True), Recipe("head in FP32", True, True, ("h",)),
+                 Recipe("head and layer 0 in FP32", True, True, ("h", "l0"))]  # fmt: skip
+
+    def evaluate(recipe):
+        tried.append(recipe.name)
+        return results[recipe.name]
+
+    first = Attempt(primary, results["primary"], check(FP32, results["primary"], settings))
+    return run_gate(FP32, first, lambda: fallbacks, evaluate, settings), tried
+
+
+def test_a_passing_primary_tries_nothing_else():
+    (chosen, attempts), tried = _gate({"primary": _metrics(0.9)}, GateConfig())
+    assert chosen.recipe.name == "primary" and len(attempts) == 1 and tried == []
+
+
+def test_the_fallback_keeps_the_first_recipe_that_passes():
+    results = {
+        "primary": _metrics(0.85),
+        "per_channel=False": _metrics(0.86),
+        "head in FP32": _metrics(0.895),
+        "head and layer 0 in FP32": _metrics(0.9),
+    }
+    (chosen, attempts), tried = _gate(results, GateConfig())
+    assert chosen.recipe.name == "head in FP32"
+    assert tried == ["per_channel=False", "head in FP32"]
+    assert [a.passed for a in attempts] == [False, False, True]
+
+
+def test_when_nothing_passes_the_report_lists_every_attempt():
+    results = {name: _metrics(0.80) for name in ("primary", "per_channel=False", "head in FP32")}
+    with pytest.raises(GateFailed) as failed:
+        _gate(results, GateConfig(max_attempts=3))
+    text = str(failed.value)
+    assert "FP32 reference: accuracy 0.9000" in text
+    for number, name in enumerate(["primary", "per_channel=False", "head in FP32"], start=1):
+        assert f"| {number} | {name} | 0.8000 |" in text
+    assert "head and layer 0" not in text  # bounded by max_attempts
+    assert text.count("accuracy_retention 0.8889 >= 0.99: FAIL") == 3

@@ -1,0 +1,87 @@
+"""The bundle: written whole with a manifest, verified on load, refused when altered."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, TOKENIZER, BundleError, load_bundle, write_bundle
+
+
+@pytest.fixture
+def bundle_dir(tmp_path, tiny_compressed, tiny_prepared):
+    _, data = tiny_prepared
+    int8, fp32 = tiny_compressed.variants["int8"], tiny_compressed.variants["fp32"]
+    return write_bundle(
+        tmp_path / "bundle",
+        {EDGE_MODEL: int8.model, CLOUD_MODEL: fp32.model, TOKENIZER: int8.tokenizer},
+        labels=data.labels,
+        max_length=64,
+        metrics={"edge": {"accuracy": 0.9}},
+        lineage={"data_digest": data.digest},
+    )
+
+
+def test_a_bundle_loads_and_serves_both_tiers(bundle_dir, tiny_prepared):
+    _, data = tiny_prepared
+    bundle = load_bundle(bundle_dir)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == {EDGE_MODEL, CLOUD_MODEL, TOKENIZER}
+    assert manifest["lineage"]["data_digest"] == data.digest
+    texts = data.frame("test")["text"].tolist()[:20]
+    edge, cloud = bundle.classifier(EDGE_MODEL), bundle.classifier(CLOUD_MODEL)
+    probabilities = edge.predict_proba(texts)
+    assert probabilities.shape == (20, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert set(cloud.predict(texts)) <= set(data.labels)
+
+
+def test_a_tampered_file_is_refused(bundle_dir):
+    model = bundle_dir / EDGE_MODEL
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"edge/model\.onnx does not match its sha256 in the manifest"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / TOKENIZER).unlink(), r"tokenizer\.json is listed in the manifest but missing"),
+        (lambda d: (d / "manifest.json").unlink(), r"not a bundle \(no manifest\.json\)"),
+        (lambda d: (d / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
+        (
+            lambda d: (d / "manifest.json").write_text(json.dumps({"format_version": 99, "files": {}})),
+            "format_version 99, this edgeroute reads 1",
+        ),
+    ],
+)
+def test_a_damaged_bundle_is_refused(bundle_dir, damage, message):
+    damage(bundle_dir)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir)
+
+
+def test_a_bundle_is_never_overwritten(bundle_dir, tiny_compressed):
+    before = (bundle_dir / "manifest.json").read_bytes()
+    int8 = tiny_compressed.variants["int8"]
+    with pytest.raises(BundleError, match="already exists; bundles are never overwritten"):
+        write_bundle(
+            bundle_dir, {EDGE_MODEL: int8.model, TOKENIZER: int8.tokenizer},
+            labels=["a", "b"], max_length=8, metrics={}, lineage={},
+        )  # fmt: skip
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+
+
+def test_the_runtime_imports_no_training_stack():
+    code = (
+        "import sys, edgeroute.bundle, edgeroute.model, edgeroute.config, edgeroute.cli, edgeroute.files;"
+        "print(sorted({'torch', 'transformers', 'prefect', 'mlflow', 'pandas'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
