@@ -50,10 +50,11 @@ def train(
     except ImportError as exc:
         raise _fail(f"training needs the 'train' extra: pip install 'edgeroute[train]' ({exc})", 2) from None
     from tasks.data import DataValidationError
+    from tasks.gate import GateFailed
 
     try:
         result = training_pipeline(preset=preset, overrides=settings)
-    except (DataValidationError, ConfigError) as exc:
+    except (DataValidationError, ConfigError, GateFailed) as exc:
         raise _fail(str(exc), 1) from None
     typer.echo("\ntraining-pipeline finished")
     for key, value in result.items():

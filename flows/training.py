@@ -44,6 +44,8 @@ def training_pipeline(
         benchmarks = benchmark_models(config, data, compressed, run_id)
         decision = gate_model(config, data, compressed, benchmarks, run_id)
         bundle = bundle_model(config, data, compressed, decision, benchmarks, run_id)
+        tracking.log_stage_summary(run_id, "edge", decision.metrics, {"recipe": decision.recipe.name})
+        tracking.log_stage_summary(run_id, "cloud", benchmarks["fp32"], {"bundle": bundle})
     fp32, int8 = benchmarks["fp32"], decision.metrics
     return {
         "mlflow_run_id": run_id,

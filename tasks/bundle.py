@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from prefect import task
@@ -51,4 +52,6 @@ def bundle_model(
         lineage=lineage,
     )
     tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
+    # The bundle holds copies of what passed; the intermediate graphs of this run can go.
+    shutil.rmtree(compressed.directory, ignore_errors=True)
     return destination

@@ -246,7 +246,7 @@ def compress_model(
     config: PipelineConfig, data: PreparedData, classifier: Checkpoint, parent_run_id: str
 ) -> Compressed:
     """Prefect task: export and quantize the classifier, a nested MLflow run with the sizes."""
-    output = config.work_dir.resolve() / "runs" / parent_run_id / "compress"
+    output = config.work_dir.resolve() / "compress" / parent_run_id
     corpus = pd.concat([data.frame(name)["text"] for name in ("train", "validation", "calibration")]).tolist()
     with tracking.stage_run(parent_run_id, "compress") as run_id:
         tracking.log_params(run_id, config.compress.model_dump(mode="json"))

@@ -52,3 +52,16 @@ def test_python_m_flows_training_runs_the_flow(tmp_path, prefect_harness):
     assert (data_dir / "train.parquet").is_file()
     assert len(lines["mlflow_run_id"]) == 32
     assert Path(lines["classifier_checkpoint"], "config.json").is_file()
+
+
+def test_train_with_a_gate_that_cannot_pass_exits_1_with_the_report(tmp_path, prefect_harness):
+    done = _run(
+        [str(BIN / "edgeroute"), "train", "--preset", "tiny", "--set", "gate.min_accuracy_retention=1.5",
+         "--set", "gate.max_attempts=2"],
+        tmp_path,
+        prefect_harness,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: # Quantization gate" in done.stderr
+    assert "| 2 | per_channel=False |" in done.stderr
+    assert not (tmp_path / "work" / "bundles").exists()
