@@ -85,3 +85,28 @@ def test_the_runtime_imports_no_training_stack():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_trimmed_edge_model_ships_the_cloud_tokenizer_beside_the_cloud_model(
+    tmp_path, tiny_prepared, tiny_classifier
+):
+    from tasks.bundle import bundle_files
+    from tasks.compress import compress
+    from tasks.gate import GateDecision
+
+    config, data = tiny_prepared
+    corpus = data.frame("train")["text"].tolist()[:80]
+    compressed = compress(
+        tiny_classifier, corpus, config.compress.model_copy(update={"trim_vocabulary": True}), tmp_path / "c"
+    )
+    decision = GateDecision(compressed.variants["int8"], compressed.recipe, {}, "")
+    files = bundle_files(compressed, decision)
+    assert set(files) == {EDGE_MODEL, CLOUD_MODEL, TOKENIZER, "cloud/tokenizer.json"}
+    bundle = load_bundle(
+        write_bundle(tmp_path / "b", files, labels=data.labels, max_length=64, metrics={}, lineage={})
+    )
+    cloud, edge = bundle.classifier(CLOUD_MODEL), bundle.classifier(EDGE_MODEL)
+    assert cloud.tokenizer.get_vocab_size() > edge.tokenizer.get_vocab_size()
+    texts = data.frame("test")["text"].tolist()
+    agreement = np.mean(np.array(cloud.predict(texts)) == np.array(edge.predict(texts)))
+    assert agreement > 0.9
