@@ -177,3 +177,19 @@ def test_demo_preset_on_the_real_base_model(tmp_path, mlflow_uri):
     metrics = run.data.metrics
     assert metrics["dapt.perplexity_after"] < metrics["dapt.perplexity_before"]
     assert metrics["classifier.test_accuracy"] > metrics["classifier.baseline_tfidf_test_accuracy"] + 0.05
+
+
+def test_without_dapt_the_classifier_starts_from_the_base_model(tmp_path, mlflow_uri):
+    result = training_pipeline(
+        preset="tiny", overrides=[f"work_dir={tmp_path / 'work'}", "dapt.enabled=false"]
+    )
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert "dapt" not in {run.info.run_name for run in children}
+    assert result["dapt_checkpoint"] == str(
+        tmp_path / "work" / "models" / result["data_digest"][:16] / "tiny-bert"
+    )
+    assert parent.data.tags["base.checkpoint"] == result["dapt_checkpoint"]
