@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,7 @@ from mlflow.utils.time import get_current_time_millis
 STORE_DIR = Path("mlflow")
 _MAX_PARAM_LENGTH = 6000
 _BATCH = 100
+_INVALID_KEY = re.compile(r"[^\w\-. :/]")
 
 
 def local_store_uri(root: Path | None = None) -> str:
@@ -110,9 +112,14 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
         client().log_batch(run_id, params=items[start : start + _BATCH])
 
 
+def metric_key(name: str) -> str:
+    """A name MLflow accepts: label names such as 'reverted_card_payment?' become part of keys."""
+    return _INVALID_KEY.sub("_", name)
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     now = get_current_time_millis()
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    items = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
     for start in range(0, len(items), _BATCH):
         client().log_batch(run_id, metrics=items[start : start + _BATCH])
 

@@ -57,3 +57,10 @@ def test_a_failing_block_marks_its_runs_failed(mlflow_uri):
             raise RuntimeError("boom")
     client = MlflowClient(mlflow_uri)
     assert [client.get_run(i).info.status for i in ids] == ["FAILED", "FAILED"]
+
+
+def test_label_names_that_mlflow_refuses_in_keys_are_made_safe(mlflow_uri):
+    with tracking.pipeline_run("exp", "parent") as run_id:
+        tracking.log_metrics(run_id, {"f1.reverted_card_payment?": 0.5, "f1.top up (card)": 0.25})
+    metrics = MlflowClient(mlflow_uri).get_run(run_id).data.metrics
+    assert metrics == {"f1.reverted_card_payment_": 0.5, "f1.top up _card_": 0.25}
