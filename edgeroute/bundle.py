@@ -14,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeroute.cloud import CloudBackend, LocalCloud
 from edgeroute.files import atomic_directory
 from edgeroute.model import OnnxClassifier, load_tokenizer
+from edgeroute.router import Router, RouterSettings
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 EDGE_MODEL = "edge/model.onnx"
 CLOUD_MODEL = "cloud/model.onnx"
 TOKENIZER = "tokenizer.json"
+ROUTER = "router.json"
 
 
 class BundleError(ValueError):
@@ -98,6 +101,22 @@ class Bundle:
         return OnnxClassifier(
             self.path / name, tokenizer, self.labels, threads=threads, batch_size=batch_size
         )
+
+    def router_settings(self) -> RouterSettings:
+        """``router.json``, or the reference settings for a bundle that was never calibrated."""
+        if not self.has(ROUTER):
+            return RouterSettings()
+        try:
+            return RouterSettings.load(self.path / ROUTER)
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
+
+    def router(self, cloud: CloudBackend | None = None, *, threads: int = 1, batch_size: int = 32) -> Router:
+        """The edge model routed with this bundle's settings; the cloud defaults to its FP32 model."""
+        if cloud is None and self.has(CLOUD_MODEL):
+            cloud = LocalCloud(self.classifier(CLOUD_MODEL, threads=threads, batch_size=batch_size))
+        edge = self.classifier(EDGE_MODEL, threads=threads, batch_size=batch_size)
+        return Router(edge, cloud, self.router_settings())
 
 
 def load_bundle(path: Path) -> Bundle:

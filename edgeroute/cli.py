@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,6 +60,195 @@ def train(
         result = training_pipeline(preset=preset, overrides=settings)
     except (DataValidationError, ConfigError, GateFailed) as exc:
         raise _fail(str(exc), 1) from None
-    typer.echo("\ntraining-pipeline finished")
+    typer.echo("\n" + result.pop("summary"))
+    typer.echo("Outputs")
     for key, value in result.items():
-        typer.echo(f"  {key:<18} {value}")
+        typer.echo(f"  {key:<20} {value}")
+
+
+BundleOption = Annotated[Path | None, typer.Option("--bundle", "-b", help="A bundle directory.")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="A registered bundle: models:/<name>@<alias>.")
+]
+CloudUrl = Annotated[
+    str | None,
+    typer.Option(help="Escalate to this cloud-role edgeroute service instead of the bundle's FP32 model."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+CHUNK = 512  # texts per router call: bounded memory, one cloud call per chunk
+
+
+def open_router(bundle: Path | None, model: str | None, cloud_url: str | None):
+    """The router of a bundle given by path or by registered model URI."""
+    from edgeroute.bundle import BundleError, load_bundle
+    from edgeroute.cloud import CircuitBreaker, GuardedCloud, HttpCloud
+
+    if (bundle is None) == (model is None):
+        raise _fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
+    if model is not None:
+        try:
+            from tasks.registry import download_bundle
+        except ImportError as exc:
+            raise _fail(f"--model needs the 'train' extra (MLflow): {exc}", 2) from None
+        bundle = download_bundle(model)
+    try:
+        loaded = load_bundle(bundle)
+    except BundleError as exc:
+        raise _fail(str(exc), 2) from None
+    cloud = GuardedCloud(HttpCloud(cloud_url), CircuitBreaker()) if cloud_url else None
+    return loaded.router(cloud)
+
+
+def _chunks(texts: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _read_lines(source: Path) -> Iterator[str]:
+    handle = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
+    with handle:
+        for line in handle:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+@app.command()
+def classify(
+    texts: Annotated[
+        list[str] | None, typer.Argument(help="Texts to route; none: read lines from stdin.")
+    ] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="One text per line; - for stdin.")] = None,
+    bundle: BundleOption = None,
+    model: ModelOption = None,
+    cloud_url: CloudUrl = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Route texts through the edge model, escalating hard ones to the cloud tier."""
+    router = open_router(bundle, model, cloud_url)
+    if file is not None and not (str(file) == "-" or file.is_file()):
+        raise _fail(f"--file {file}: no such file", 2)
+    source = texts or _read_lines(file if file is not None else Path("-"))
+    for chunk in _chunks(source):
+        for text, decision in zip(chunk, router.route(chunk), strict=True):
+            if as_json:
+                typer.echo(json.dumps(decision.to_dict() | {"text": text}))
+            else:
+                typer.echo(
+                    f"{decision.label}\t{decision.confidence:.3f}\t{decision.route}\t{decision.reason}"
+                    f"\t${decision.cost:.4f}\t{text}"
+                )
+
+
+@app.command()
+def simulate(
+    data: Annotated[Path, typer.Option(help="Your messages: CSV, JSONL or Parquet.")],
+    per_month: Annotated[
+        int, typer.Option(min=1, help="Messages per month, for the projection.")
+    ] = 1_000_000,
+    text_column: Annotated[str, typer.Option(help="Column holding the message text.")] = "text",
+    label_column: Annotated[
+        str | None, typer.Option(help="Column of true labels, if any: adds accuracy to the report.")
+    ] = None,
+    bundle: BundleOption = None,
+    model: ModelOption = None,
+    cloud_url: CloudUrl = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Route stored messages and project the edge/cloud split and the monthly cost."""
+    from edgeroute.router import project, summarize
+
+    texts, labels = _read_messages(data, text_column, label_column)
+    router = open_router(bundle, model, cloud_url)
+    decisions = [d for chunk in _chunks(texts) for d in router.route(chunk)]
+    summary = summarize(decisions, router.settings.costs, labels) | project(
+        decisions, router.settings.costs, per_month
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    n, edge = summary["queries"], summary["edge_share"]
+    escalated = ", ".join(f"{reason} {count}" for reason, count in summary["reasons"].items())
+    typer.echo(f"routed {n:,} messages from {data}")
+    typer.echo(f"  edge   {round(edge * n):>9,} ({100 * edge:.1f} %)")
+    typer.echo(f"  cloud  {n - round(edge * n):>9,} ({100 * (1 - edge):.1f} %)   reasons: {escalated}")
+    typer.echo(
+        f"  cost per message   ${summary['cost_per_query']:.5f}   "
+        f"(cloud only ${summary['cloud_only_cost_per_query']:.5f})"
+    )
+    typer.echo(
+        f"  per month ({per_month:,} messages): ${summary['monthly_cost']:,.0f} "
+        f"vs ${summary['monthly_cloud_only_cost']:,.0f} cloud only: "
+        f"saves ${summary['monthly_savings']:,.0f} ({100 * summary['savings_vs_cloud_only']:.1f} %)"
+    )
+    if labels is not None:
+        typer.echo(
+            f"  accuracy {summary['accuracy']:.4f} "
+            f"(edge-answered {summary['edge_answered_accuracy']:.4f}), labels from {label_column!r}"
+        )
+
+
+def _read_messages(
+    path: Path, text_column: str, label_column: str | None
+) -> tuple[list[str], list[str] | None]:
+    """Texts (and labels) from a user's table, with errors that name the file, row and column."""
+    try:
+        from tasks.data import DataValidationError, read_table
+    except ImportError as exc:
+        raise _fail(f"reading tables needs the 'train' extra (pandas): {exc}", 2) from None
+    try:
+        frame = read_table(path)
+    except DataValidationError as exc:
+        raise _fail(str(exc), 1) from None
+    for column in filter(None, (text_column, label_column)):
+        if column not in frame.columns:
+            raise _fail(f"{path}: column {column!r} not found; columns are: {', '.join(frame.columns)}", 1)
+    texts = frame[text_column].tolist()
+    bad = [i + 1 for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise _fail(f"{path}: row {bad[0]}, column {text_column!r}: empty or not text ({len(bad)} rows)", 1)
+    if not texts:
+        raise _fail(f"{path}: no messages", 1)
+    labels = frame[label_column].astype(str).tolist() if label_column else None
+    return texts, labels
+
+
+RegisteredName = Annotated[str, typer.Option("--name", "-n", help="Registered model name.")]
+
+
+def _registry():
+    try:
+        from tasks import registry
+    except ImportError as exc:
+        raise _fail(f"the registry needs the 'train' extra (MLflow): {exc}", 2) from None
+    return registry
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The model version to make champion.")],
+    name: RegisteredName = "edgeroute",
+) -> None:
+    """Make a registered version the champion by hand (the one it replaces is recorded)."""
+    registry = _registry()
+    if not registry.version_exists(name, version):
+        raise _fail(f"registered model {name!r} has no version {version}", 1)
+    result = registry.set_champion(name, version, "promoted by hand")
+    typer.echo(f"{name}: champion is now version {result['champion']} (was {result['previous'] or 'none'})")
+
+
+@app.command()
+def rollback(name: RegisteredName = "edgeroute") -> None:
+    """Give the champion alias back to the version the current champion replaced."""
+    registry = _registry()
+    try:
+        result = registry.rollback(name)
+    except ValueError as exc:
+        raise _fail(str(exc), 1) from None
+    champion, before = result["champion"], result["rolled_back_from"]
+    typer.echo(f"{name}: champion is now version {champion} (rolled back from {before})")

@@ -139,6 +139,29 @@ class GateConfig(_Frozen):
     max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
 
 
+class RouterConfig(_Frozen):
+    """Router calibration on the calibration split: the temperature, then a threshold for a target.
+
+    ``target`` picks the minimum edge confidence:
+    ``max_edge_share_within``: the largest edge share whose system accuracy stays within
+    ``tolerance`` (accuracy points) of cloud-only, with confidence ``1 - delta``;
+    ``edge_share``: answer ``edge_share`` of the queries on the edge (as RouteLLM's cost
+    thresholds do); ``edge_accuracy``: the largest edge share whose edge-answered accuracy is at
+    least ``edge_accuracy`` with confidence ``1 - delta`` (Clopper-Pearson lower bound).
+    """
+
+    target: Literal["max_edge_share_within", "edge_share", "edge_accuracy"] = "max_edge_share_within"
+    tolerance: float = Field(0.01, ge=0, lt=1)
+    edge_share: float = Field(0.95, gt=0, le=1)
+    edge_accuracy: float = Field(0.95, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=0.5)
+    max_complexity: float = Field(0.75, ge=0, le=1)
+    max_unfamiliar_share: float = Field(0.5, ge=0, le=1)
+    shadow_rate: float = Field(0.0, ge=0, le=1)
+    edge_cost: float = Field(0.001, ge=0, description="dollars per query")
+    cloud_cost: float = Field(0.0136, ge=0, description="dollars per query")
+
+
 class ComputeConfig(_Frozen):
     """How training runs: in-process, or as ``nproc_per_node`` processes under torchrun (DDP)."""
 
@@ -146,9 +169,21 @@ class ComputeConfig(_Frozen):
 
 
 class TrackingConfig(_Frozen):
-    """MLflow experiment; the tracking URI comes from ``MLFLOW_TRACKING_URI`` or the local store."""
+    """MLflow experiment and registered model; the tracking URI comes from ``MLFLOW_TRACKING_URI``
+    or the local store."""
 
     experiment: str = Field("edgeroute", min_length=1)
+    registered_model: str = Field("edgeroute", min_length=1)
+
+
+class PromotionConfig(_Frozen):
+    """When the new version (alias ``challenger``) becomes ``champion``: when there is none, or
+    when its ``metric`` on the champion's own test split is at least the champion's minus
+    ``tolerance``. Metrics are those of the routed system: ``accuracy`` (what users get),
+    ``edge_only_accuracy``, ``edge_share``, ``savings_vs_cloud_only``."""
+
+    metric: Literal["accuracy", "edge_only_accuracy", "edge_share", "savings_vs_cloud_only"] = "accuracy"
+    tolerance: float = Field(0.005, ge=0, lt=1)
 
 
 class PipelineConfig(_Frozen):
@@ -164,8 +199,10 @@ class PipelineConfig(_Frozen):
     compress: CompressConfig = CompressConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
+    router: RouterConfig = RouterConfig()
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
 
 def preset_dirs() -> list[Path]:

@@ -54,8 +54,7 @@ class OnnxClassifier:
         self.batch_size = batch_size
         self.path = Path(model_path)
 
-    def _run(self, texts: Sequence[str]) -> np.ndarray:
-        encodings = self.tokenizer.encode_batch(list(texts))
+    def _run(self, encodings: list) -> np.ndarray:
         feed = {
             "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
@@ -63,16 +62,22 @@ class OnnxClassifier:
         }
         return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw scores, one row per text, in the order given."""
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
+    def logits_and_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
+        """Raw scores, one row per text in the order given, and each text's word pieces."""
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        tokens: list[list[str]] = [[] for _ in texts]
+        order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            out[chunk] = self._run([texts[i] for i in chunk])
-        return out
+            encodings = self.tokenizer.encode_batch([texts[i] for i in chunk])
+            out[chunk] = self._run(encodings)
+            for i, encoding in zip(chunk, encodings, strict=True):
+                tokens[i] = encoding.tokens
+        return out, tokens
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw scores, one row per text, in the order given."""
+        return self.logits_and_tokens(texts)[0]
 
     def predict_proba(self, texts: Sequence[str], temperature: float = 1.0) -> np.ndarray:
         return softmax(self.logits(texts), temperature)

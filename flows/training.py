@@ -1,4 +1,4 @@
-"""The training pipeline: data, domain adaptation, classifier, compression, gate, bundle."""
+"""The training pipeline: data, DAPT, classifier, compression, gate, router, bundle, registry."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from edgeroute.config import load_config, to_yaml
-from tasks import tracking
+from tasks import summary, tracking
 from tasks.bundle import bundle_model
+from tasks.calibrate import calibrate_router
 from tasks.classifier import train_classifier
 from tasks.compress import compress_model
 from tasks.dapt import domain_adapt
 from tasks.data import prepare_data
 from tasks.evaluate import benchmark_models
 from tasks.gate import gate_model
+from tasks.registry import promote_model, register_model
 
 
 @flow(name="training-pipeline")
 def training_pipeline(
     preset: str = "demo", overrides: list[str] | None = None, data_path: str | None = None
 ) -> dict[str, str]:
-    """Train, compress and gate the edge classifier and bundle it, every stage tracked in MLflow."""
+    """Train, compress, gate, calibrate, register and promote the edge/cloud pair, tracked in MLflow."""
     settings = list(overrides or []) + ([f"data.path={data_path}"] if data_path else [])
     config = load_config(preset, settings)
     tags = {"preset": preset, "prefect.flow_run_id": str(flow_run.get_id())}
@@ -43,10 +45,21 @@ def training_pipeline(
         compressed = compress_model(config, data, classifier, run_id)
         benchmarks = benchmark_models(config, data, compressed, run_id)
         decision = gate_model(config, data, compressed, benchmarks, run_id)
-        bundle = bundle_model(config, data, compressed, decision, benchmarks, run_id)
+        calibration = calibrate_router(config, data, compressed, decision, run_id)
+        bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, run_id)
+        registered = register_model(config, data, bundle, run_id)
+        promotion = promote_model(config, data, registered, run_id)
         tracking.log_stage_summary(run_id, "edge", decision.metrics, {"recipe": decision.recipe.name})
         tracking.log_stage_summary(run_id, "cloud", benchmarks["fp32"], {"bundle": bundle})
-    fp32, int8 = benchmarks["fp32"], decision.metrics
+        tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
+        tracking.set_tags(
+            run_id, {"registered_version": registered.version, "promoted": promotion["promoted"]}
+        )
+        figures = (classifier.metrics, benchmarks["fp32"], decision.metrics, calibration.metrics)
+        markdown = summary.to_markdown(
+            run_name, *figures, calibration.settings.calibration, registered, promotion
+        )
+        summary.publish_summary(run_id, markdown)
     return {
         "mlflow_run_id": run_id,
         "mlflow_experiment": config.tracking.experiment,
@@ -55,13 +68,11 @@ def training_pipeline(
         "data_digest": data.digest,
         "dapt_checkpoint": str(adapted.path),
         "classifier_checkpoint": str(classifier.path),
-        "test_accuracy": f"{classifier.metrics['test_accuracy']:.4f}",
-        "test_macro_f1": f"{classifier.metrics['test_macro_f1']:.4f}",
-        "tfidf_test_accuracy": f"{classifier.metrics['baseline_tfidf_test_accuracy']:.4f}",
-        "int8_size_reduction": f"{100 * (1 - int8['size_mb'] / fp32['size_mb']):.1f} %",
-        "int8_accuracy_kept": f"{100 * int8['accuracy'] / fp32['accuracy']:.2f} %",
-        "p50_ms_fp32_int8": f"{fp32['p50_ms']:.2f} / {int8['p50_ms']:.2f}",
+        **summary.headline(*figures, promotion),
         "bundle": str(bundle),
+        "registered_model": f"models:/{registered.name}/{registered.version}",
+        "champion": f"models:/{registered.name}@champion",
+        "summary": markdown,
     }
 
 

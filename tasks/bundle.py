@@ -7,18 +7,25 @@ from pathlib import Path
 
 from prefect import task
 
-from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, TOKENIZER, write_bundle
+from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, write_bundle
 from edgeroute.config import PipelineConfig
 from tasks import tracking
+from tasks.calibrate import Calibration
 from tasks.compress import Compressed
 from tasks.data import PreparedData
 from tasks.gate import GateDecision
 
 
-def bundle_files(compressed: Compressed, decision: GateDecision) -> dict[str, Path]:
-    """Bundle path -> source: INT8 edge, FP32 cloud, and the cloud tokenizer when it differs."""
+def bundle_files(compressed: Compressed, decision: GateDecision, calibration: Calibration) -> dict[str, Path]:
+    """Bundle path -> source: INT8 edge, FP32 cloud, router settings, and the cloud tokenizer
+    when it differs from the edge one."""
     fp32 = compressed.variants["fp32"]
-    files = {EDGE_MODEL: decision.edge.model, TOKENIZER: decision.edge.tokenizer, CLOUD_MODEL: fp32.model}
+    files = {
+        EDGE_MODEL: decision.edge.model,
+        TOKENIZER: decision.edge.tokenizer,
+        CLOUD_MODEL: fp32.model,
+        ROUTER: calibration.router_json,
+    }
     if fp32.tokenizer.read_bytes() != decision.edge.tokenizer.read_bytes():
         files[f"cloud/{TOKENIZER}"] = fp32.tokenizer
     return files
@@ -30,14 +37,21 @@ def bundle_model(
     data: PreparedData,
     compressed: Compressed,
     decision: GateDecision,
+    calibration: Calibration,
     benchmarks: dict[str, dict[str, float]],
     parent_run_id: str,
 ) -> Path:
     """Prefect task: write the bundle under ``work_dir/bundles/<run id>`` and log it to MLflow."""
     destination = config.work_dir.resolve() / "bundles" / parent_run_id
-    metrics = {"edge": decision.metrics, "cloud": benchmarks["fp32"], "compress": compressed.info}
+    metrics = {
+        "edge": decision.metrics,
+        "cloud": benchmarks["fp32"],
+        "compress": compressed.info,
+        "router": calibration.metrics,
+    }
     lineage = {
         "data_digest": data.digest,
+        "data_dir": str(data.directory),
         "git_commit": tracking.git_commit(),
         "mlflow_run_id": parent_run_id,
         "base_model": config.model.base,
@@ -45,7 +59,7 @@ def bundle_model(
     }
     write_bundle(
         destination,
-        bundle_files(compressed, decision),
+        bundle_files(compressed, decision, calibration),
         labels=data.labels,
         max_length=config.model.max_length,
         metrics=metrics,

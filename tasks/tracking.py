@@ -41,6 +41,8 @@ def tracking_uri() -> str:
 
 def client() -> MlflowClient:
     """A client bound to the tracking URI; also set globally so nothing falls back to ./mlruns."""
+    # Bundle downloads are a handful of files: a progress bar per download is only noise in logs.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

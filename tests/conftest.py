@@ -85,3 +85,38 @@ def tiny_compressed(tmp_path_factory, tiny_prepared, tiny_classifier):
     config, data = tiny_prepared
     corpus = data.frame("train")["text"].tolist()
     return compress(tiny_classifier, corpus, config.compress, tmp_path_factory.mktemp("compress"))
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(tmp_path_factory, tiny_prepared, tiny_compressed):
+    """The router calibrated on the tiny calibration split (INT8 edge, FP32 local cloud)."""
+    from tasks.calibrate import calibrate, edge_and_cloud
+
+    config, data = tiny_prepared
+    variants = tiny_compressed.variants
+    edge, cloud = edge_and_cloud(variants["int8"], variants["fp32"], data.labels, config.model.max_length)
+    directory = tmp_path_factory.mktemp("calibrate")
+    return calibrate(edge, cloud, data.frame("calibration"), config.router, directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_prepared, tiny_compressed, tiny_calibration) -> Path:
+    """A calibrated bundle of the tiny model: INT8 edge, FP32 cloud, router.json."""
+    from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, write_bundle
+
+    _, data = tiny_prepared
+    int8, fp32 = tiny_compressed.variants["int8"], tiny_compressed.variants["fp32"]
+    files = {
+        EDGE_MODEL: int8.model,
+        CLOUD_MODEL: fp32.model,
+        TOKENIZER: int8.tokenizer,
+        ROUTER: tiny_calibration.router_json,
+    }
+    return write_bundle(
+        tmp_path_factory.mktemp("bundles") / "tiny",
+        files,
+        labels=data.labels,
+        max_length=64,
+        metrics={"router": tiny_calibration.metrics},
+        lineage={"data_digest": data.digest},
+    )

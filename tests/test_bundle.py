@@ -9,7 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, TOKENIZER, BundleError, load_bundle, write_bundle
+from edgeroute.bundle import (
+    CLOUD_MODEL,
+    EDGE_MODEL,
+    ROUTER,
+    TOKENIZER,
+    BundleError,
+    load_bundle,
+    write_bundle,
+)
 
 
 @pytest.fixture
@@ -78,17 +86,21 @@ def test_a_bundle_is_never_overwritten(bundle_dir, tiny_compressed):
     assert (bundle_dir / "manifest.json").read_bytes() == before
 
 
-def test_the_runtime_imports_no_training_stack():
+def test_the_runtime_imports_no_training_stack(tiny_bundle):
     code = (
-        "import sys, edgeroute.bundle, edgeroute.model, edgeroute.config, edgeroute.cli, edgeroute.files;"
-        "print(sorted({'torch', 'transformers', 'prefect', 'mlflow', 'pandas'} & set(sys.modules)))"
+        "import importlib, pkgutil, sys, pathlib, edgeroute\n"
+        "for m in pkgutil.iter_modules(edgeroute.__path__, 'edgeroute.'): importlib.import_module(m.name)\n"
+        "from edgeroute.bundle import load_bundle\n"
+        f"load_bundle(pathlib.Path({str(tiny_bundle)!r})).router().route(['where is my parcel'])\n"
+        "heavy = {'torch', 'transformers', 'prefect', 'mlflow', 'pandas', 'sklearn'}\n"
+        "print(sorted(heavy & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_a_trimmed_edge_model_ships_the_cloud_tokenizer_beside_the_cloud_model(
-    tmp_path, tiny_prepared, tiny_classifier
+    tmp_path, tiny_prepared, tiny_classifier, tiny_calibration
 ):
     from tasks.bundle import bundle_files
     from tasks.compress import compress
@@ -100,8 +112,8 @@ def test_a_trimmed_edge_model_ships_the_cloud_tokenizer_beside_the_cloud_model(
         tiny_classifier, corpus, config.compress.model_copy(update={"trim_vocabulary": True}), tmp_path / "c"
     )
     decision = GateDecision(compressed.variants["int8"], compressed.recipe, {}, "")
-    files = bundle_files(compressed, decision)
-    assert set(files) == {EDGE_MODEL, CLOUD_MODEL, TOKENIZER, "cloud/tokenizer.json"}
+    files = bundle_files(compressed, decision, tiny_calibration)
+    assert set(files) == {EDGE_MODEL, CLOUD_MODEL, TOKENIZER, ROUTER, "cloud/tokenizer.json"}
     bundle = load_bundle(
         write_bundle(tmp_path / "b", files, labels=data.labels, max_length=64, metrics={}, lineage={})
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 BIN = Path(sys.executable).parent
@@ -65,3 +67,61 @@ def test_train_with_a_gate_that_cannot_pass_exits_1_with_the_report(tmp_path, pr
     assert "error: # Quantization gate" in done.stderr
     assert "| 2 | per_channel=False |" in done.stderr
     assert not (tmp_path / "work" / "bundles").exists()
+
+
+def test_classify_routes_arguments_and_stdin(tmp_path, tiny_bundle):
+    texts = ["thanks, the refund arrived quickly", "my order never came and nobody answers"]
+    done = _run(
+        [str(BIN / "edgeroute"), "classify", "--bundle", str(tiny_bundle), "--json", *texts], tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["text"] for r in rows] == texts
+    for row in rows:
+        assert row["route"] in {"edge", "cloud"} and row["label"] in {"negative", "neutral", "positive"}
+        assert row["reason"] and row["cost"] > 0 and 0 < row["confidence"] <= 1
+
+    piped = subprocess.run(
+        [str(BIN / "edgeroute"), "classify", "-b", str(tiny_bundle)],
+        input="\n".join(texts) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    lines = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert [(cols[0], cols[2], cols[3]) for cols in lines] == [
+        (r["label"], r["route"], r["reason"]) for r in rows
+    ]
+    assert [cols[-1] for cols in lines] == texts
+
+
+def test_classify_without_a_bundle_or_with_a_broken_one_exits_2(tmp_path, tiny_bundle):
+    done = _run([str(BIN / "edgeroute"), "classify", "hello"], tmp_path)
+    assert done.returncode == 2 and "--bundle DIR or --model" in done.stderr
+    done = _run([str(BIN / "edgeroute"), "classify", "--bundle", str(tmp_path), "hello"], tmp_path)
+    assert done.returncode == 2 and "not a bundle (no manifest.json)" in done.stderr
+
+
+def test_simulate_projects_the_monthly_split_and_cost(tmp_path, tiny_bundle, tiny_prepared):
+    test = tiny_prepared[1].frame("test").rename(columns={"text": "message", "label": "truth"})
+    test.to_csv(tmp_path / "tickets.csv", index=False)
+    args = [str(BIN / "edgeroute"), "simulate", "--data", "tickets.csv", "--bundle", str(tiny_bundle)]
+    done = _run(
+        [*args, "--text-column", "message", "--label-column", "truth", "--per-month", "1000000", "--json"],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["queries"] == len(test) and sum(report["reasons"].values()) == len(test)
+    assert report["monthly_cost"] == pytest.approx(report["cost_per_query"] * 1_000_000)
+    assert report["monthly_cloud_only_cost"] == pytest.approx(0.0136 * 1_000_000)
+    assert 0 <= report["accuracy"] <= 1
+
+    text = _run([*args, "--text-column", "message"], tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert f"routed {len(test):,} messages" in text.stdout and "per month (1,000,000 messages)" in text.stdout
+
+    wrong = _run(args, tmp_path)
+    assert wrong.returncode == 1
+    assert "tickets.csv: column 'text' not found; columns are: message, truth" in wrong.stderr

@@ -48,7 +48,15 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
             [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
         )
     }
-    assert set(children) == {"data", "dapt", "classifier", "compress", "benchmark", "gate"}
+    assert set(children) == {
+        "data", "dapt", "classifier", "compress", "benchmark", "gate", "calibrate", "register", "promote",
+    }  # fmt: skip
+    champion = client.get_model_version_by_alias("edgeroute", "champion")
+    assert result["registered_model"] == f"models:/edgeroute/{champion.version}"
+    assert champion.run_id == children["register"].info.run_id
+    assert champion.tags["lineage.mlflow_run_id"] == parent.info.run_id
+    assert children["promote"].data.tags["promoted"] == "True"
+    assert "summary.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert (
         children["dapt"].data.metrics["perplexity_after"] < children["dapt"].data.metrics["perplexity_before"]
     )
@@ -69,7 +77,18 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
         < children["benchmark"].data.metrics["fp32.size_mb"]
     )
     assert "gate_report.md" in {a.path for a in client.list_artifacts(children["gate"].info.run_id)}
+    calibrate = children["calibrate"]
+    assert {a.path for a in client.list_artifacts(calibrate.info.run_id)} >= {
+        "router.json", "router_curve.csv", "router_curve.png",
+    }  # fmt: skip
+    assert calibrate.data.metrics["test_edge_share"] == pytest.approx(
+        float(result["router_edge_share"].rstrip(" %")) / 100, abs=1e-3
+    )
     bundle = load_bundle(Path(result["bundle"]))
+    settings = bundle.router_settings()
+    assert settings.min_confidence == calibrate.data.metrics["min_confidence"]
+    assert settings.calibration["target"] == "max_edge_share_within"
+    assert bundle.manifest["metrics"]["router"]["test_accuracy"] == calibrate.data.metrics["test_accuracy"]
     assert bundle.manifest["lineage"]["mlflow_run_id"] == parent.info.run_id
     assert bundle.manifest["lineage"]["data_digest"] == result["data_digest"]
     child = children["data"]
@@ -89,6 +108,13 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary"]))
         )
     assert artifacts and result["data_digest"][:16] in artifacts[0].description
+    with get_client(sync_client=True) as prefect:
+        (summary,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-summary"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent.data.tags["prefect.flow_run_id"]])),
+        )
+    assert summary.data == result["summary"]
+    assert f"{result['router_edge_share']}** |" in summary.data and "promoted to champion" in summary.data
 
 
 def test_bad_data_fails_the_flow_and_its_run_and_writes_nothing(tmp_path, mlflow_uri):
@@ -154,6 +180,7 @@ def test_a_gate_that_cannot_pass_fails_the_flow_with_a_report_and_no_bundle(tmp_
     )
     assert not (tmp_path / "work" / "bundles").exists()
     client = MlflowClient(mlflow_uri)
+    assert client.search_registered_models() == []
     runs = {
         r.info.run_name: r
         for r in client.search_runs([client.get_experiment_by_name("edgeroute").experiment_id])

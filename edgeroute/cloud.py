@@ -1,0 +1,162 @@
+"""Cloud backends behind one interface, and the circuit breaker that guards them.
+
+``local``: the bundle's FP32 ONNX model in this process (the embedded default).
+``http``: another edgeroute service (``edgeroute serve --role cloud``) reached over HTTP, with
+a timeout and bounded retries. Either is wrapped in a `CircuitBreaker`: after repeated
+failures the router stops calling the cloud for a while (answering on the edge, reason
+``cloud_error``), then lets one probe through and closes again when it succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgeroute.model import OnnxClassifier
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+
+
+class CloudUnavailable(RuntimeError):
+    """The cloud was not called at all (the circuit is open)."""
+
+
+class CloudBackend(Protocol):
+    """The cloud tier: classifies (already masked) texts, in order, or raises."""
+
+    name: str
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
+
+
+class LocalCloud:
+    """The FP32 ONNX model of the bundle, in this process."""
+
+    name = "local"
+
+    def __init__(self, classifier: OnnxClassifier) -> None:
+        self.classifier = classifier
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        probabilities = self.classifier.predict_proba(texts)
+        labels = self.classifier.labels
+        return [Prediction(labels[int(p.argmax())], float(p.max())) for p in probabilities]
+
+
+class HttpCloud:
+    """A cloud-role edgeroute service: ``POST {url}/v1/classify`` with ``{"texts": [...]}``.
+
+    Connection errors, timeouts and 5xx answers are retried ``retries`` times with a doubling
+    back-off; a 4xx answer is the caller's fault and is not retried.
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        backoff_s: float = 0.05,
+        api_key: str | None = None,
+    ) -> None:
+        self.endpoint = url.rstrip("/") + "/v1/classify"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.headers = {"Content-Type": "application/json"} | ({"X-API-Key": api_key} if api_key else {})
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        body = json.dumps({"texts": list(texts)}).encode()
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    results = json.load(response)["results"]
+                return [Prediction(r["label"], float(r["confidence"])) for r in results]
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500 or attempt == self.retries:
+                    raise RuntimeError(f"{self.endpoint} answered {exc.code}: {exc.read()[:200]!r}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                if attempt == self.retries:
+                    raise RuntimeError(f"{self.endpoint} unreachable: {exc}") from None
+            time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+class CircuitBreaker:
+    """Closed, open after ``failure_threshold`` failures in a row, half-open after ``reset_after_s``.
+
+    Half-open lets one call through: success closes the circuit, failure opens it again.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        reset_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_after_s = reset_after_s
+        self.clock = clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self.probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self.opened_at >= self.reset_after_s else "open"
+
+    def allow(self) -> bool:
+        with self._lock:
+            state = self.state
+            if state == "closed":
+                return True
+            if state == "half_open" and not self.probing:
+                self.probing = True
+                return True
+            return False
+
+    def record(self, success: bool) -> None:
+        with self._lock:
+            self.probing = False
+            if success:
+                self.failures, self.opened_at = 0, None
+                return
+            self.failures += 1
+            if self.opened_at is not None or self.failures >= self.failure_threshold:
+                self.opened_at = self.clock()
+
+
+class GuardedCloud:
+    """A backend behind a circuit breaker."""
+
+    def __init__(self, backend: CloudBackend, breaker: CircuitBreaker) -> None:
+        self.backend = backend
+        self.breaker = breaker
+        self.name = backend.name
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        if not self.breaker.allow():
+            raise CloudUnavailable(f"circuit open after {self.breaker.failures} failures")
+        try:
+            answers = self.backend.classify(texts)
+        except Exception:
+            self.breaker.record(False)
+            raise
+        self.breaker.record(True)
+        return answers

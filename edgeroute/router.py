@@ -1,0 +1,323 @@
+"""The edge-first router: the INT8 model answers; hard or uncertain queries go to the cloud.
+
+Per batch: one edge call for every query; features (temperature-scaled confidence, the
+reference complexity score, the share of unfamiliar word pieces); a decision with its reason;
+one cloud call for the escalated subset, with personal data masked first. When the cloud
+fails, the edge answer comes back with reason ``cloud_error``. Decisions are deterministic:
+the optional shadow sample, sent to the cloud only to measure agreement, is chosen by a hash
+of the text, not by chance.
+
+Costs are counted honestly: every query pays for the edge model, which always runs; a query
+that reached the cloud (escalated, shadowed, or attempted and failed) pays for the cloud too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeroute.cloud import CloudBackend, CloudUnavailable, Prediction
+from edgeroute.model import OnnxClassifier, softmax
+from edgeroute.privacy import mask
+
+logger = logging.getLogger(__name__)
+
+KEYWORDS = (
+    "frustrated", "angry", "unacceptable", "manager", "supervisor",
+    "complaint", "terrible", "awful", "disgusted", "furious",
+)  # fmt: skip
+
+# Reasons, in the order they are checked.
+OPTIMAL_EDGE = "optimal_edge"
+LOW_CONFIDENCE = "low_confidence"
+HIGH_COMPLEXITY = "high_complexity"
+UNFAMILIAR_TEXT = "unfamiliar_text"
+CLOUD_ERROR = "cloud_error"
+SHADOW = "shadow"
+ESCALATION_REASONS = (LOW_CONFIDENCE, HIGH_COMPLEXITY, UNFAMILIAR_TEXT)
+
+_SENTENCE = re.compile(r"[.!?]+")
+_WORD = re.compile(r"\w+(?:'\w+)?")
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Price per query of each tier, in dollars."""
+
+    edge: float = 0.001
+    cloud: float = 0.0136
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """What ``router.json`` holds: temperature, thresholds, costs, keywords and provenance."""
+
+    temperature: float = 1.0
+    min_confidence: float = 0.90
+    max_complexity: float = 0.75
+    max_unfamiliar_share: float = 0.5
+    shadow_rate: float = 0.0
+    costs: Costs = Costs()
+    keywords: tuple[str, ...] = KEYWORDS
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0 (got {self.temperature})")
+        for name in ("min_confidence", "max_complexity", "max_unfamiliar_share", "shadow_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be within [0, 1] (got {getattr(self, name)})")
+        if self.costs.edge < 0 or self.costs.cloud < 0:
+            problems.append(f"costs must not be negative (got {self.costs})")
+        if problems:
+            raise ValueError("invalid router settings: " + "; ".join(problems))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RouterSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"invalid router settings: unknown field(s) {', '.join(unknown)}")
+        values = dict(values)
+        if "costs" in values:
+            values["costs"] = Costs(**values["costs"])
+        if "keywords" in values:
+            values["keywords"] = tuple(values["keywords"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> RouterSettings:
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per-query inputs to the decision, one array entry per query."""
+
+    label: np.ndarray  # edge label index
+    confidence: np.ndarray
+    complexity: np.ndarray
+    unfamiliar_share: np.ndarray
+
+
+def complexity_score(texts: Sequence[str], confidence: np.ndarray, keywords: Sequence[str]) -> np.ndarray:
+    """The reference score: length, words per sentence, edge uncertainty, escalation keywords.
+
+    ``0.3·min(chars/200, 1) + 0.3·min(words per sentence/15, 1) + 0.2·(1 − |2·confidence − 1|)
+    + 0.2·min(keywords/3, 1)``, each factor in [0, 1].
+    """
+    wanted = frozenset(keywords)
+    length, per_sentence, keyword = (np.empty(len(texts)) for _ in range(3))
+    for i, text in enumerate(texts):
+        words = _WORD.findall(text.lower())
+        sentences = max(len([s for s in _SENTENCE.split(text) if s.strip()]), 1)
+        length[i] = min(len(text) / 200, 1.0)
+        per_sentence[i] = min(len(words) / sentences / 15, 1.0)
+        keyword[i] = min(sum(w in wanted for w in words) / 3, 1.0)
+    uncertainty = 1 - np.abs(2 * confidence - 1)
+    return 0.3 * length + 0.3 * per_sentence + 0.2 * uncertainty + 0.2 * keyword
+
+
+def unfamiliar_share(tokens: Sequence[str], unknown: str = "[UNK]") -> float:
+    """Share of word pieces the vocabulary could not hold: ``[UNK]`` or a spelled-out character.
+
+    A trimmed edge vocabulary keeps the pieces of the training data plus single characters, so a
+    word it never saw is spelled ``##x`` by ``##x``; a high share means text unlike the training data.
+    """
+    pieces = [t for t in tokens if not (t.startswith("[") and t.endswith("]")) or t == unknown]
+    if not pieces:
+        return 0.0
+    odd = sum(t == unknown or (t.startswith("##") and len(t) == 3) for t in pieces)
+    return odd / len(pieces)
+
+
+def compute_features(
+    texts: Sequence[str], logits: np.ndarray, tokens: Sequence[Sequence[str]], settings: RouterSettings
+) -> Features:
+    """Features from the edge model's logits and word pieces for ``texts``."""
+    probabilities = softmax(logits, settings.temperature)
+    confidence = probabilities.max(axis=-1)
+    return Features(
+        label=probabilities.argmax(axis=-1),
+        confidence=confidence,
+        complexity=complexity_score(texts, confidence, settings.keywords),
+        unfamiliar_share=np.array([unfamiliar_share(t) for t in tokens], dtype=np.float64),
+    )
+
+
+def escalation_reasons(features: Features, settings: RouterSettings) -> np.ndarray:
+    """The reason for each query: an escalation reason, or ``optimal_edge``. Vectorised for sweeps."""
+    reasons = np.full(len(features.confidence), OPTIMAL_EDGE, dtype=object)
+    # Checked in reverse priority so that the first reason that applies is the one kept.
+    reasons[features.unfamiliar_share > settings.max_unfamiliar_share] = UNFAMILIAR_TEXT
+    reasons[features.complexity > settings.max_complexity] = HIGH_COMPLEXITY
+    reasons[features.confidence < settings.min_confidence] = LOW_CONFIDENCE
+    return reasons
+
+
+def shadow_sample(texts: Sequence[str], rate: float) -> np.ndarray:
+    """A deterministic ``rate`` share of texts, chosen by a hash of each text."""
+    if rate <= 0:
+        return np.zeros(len(texts), dtype=bool)
+    hashes = [int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest()) for t in texts]
+    return np.array(hashes, dtype=np.float64) / 2**64 < rate
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the router answered for one query, why, and what it cost."""
+
+    label: str
+    confidence: float
+    route: str  # "edge" or "cloud"
+    reason: str
+    cost: float
+    complexity: float
+    unfamiliar_share: float
+    edge_label: str
+    edge_confidence: float
+    cloud_label: str | None = None
+    shadow: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Router:
+    """Edge-first routing over a batch of texts."""
+
+    def __init__(self, edge: OnnxClassifier, cloud: CloudBackend | None, settings: RouterSettings) -> None:
+        self.edge = edge
+        self.cloud = cloud
+        self.settings = settings
+
+    @property
+    def labels(self) -> list[str]:
+        return self.edge.labels
+
+    def features(self, texts: Sequence[str]) -> Features:
+        """One edge call for the whole batch, and the features each decision needs."""
+        return compute_features(texts, *self.edge.logits_and_tokens(texts), self.settings)
+
+    def route(self, texts: Sequence[str]) -> list[Decision]:
+        """Decide every text; one cloud call for the escalated and shadowed subset."""
+        texts = list(texts)
+        if not texts:
+            return []
+        settings, costs = self.settings, self.settings.costs
+        features = self.features(texts)
+        reasons = escalation_reasons(features, settings)
+        escalate = reasons != OPTIMAL_EDGE
+        shadow = ~escalate & shadow_sample(texts, settings.shadow_rate)
+        decisions = [
+            Decision(
+                label=self.labels[int(features.label[i])],
+                confidence=float(features.confidence[i]),
+                route="edge",
+                reason=str(reasons[i]),
+                cost=costs.edge,
+                complexity=float(features.complexity[i]),
+                unfamiliar_share=float(features.unfamiliar_share[i]),
+                edge_label=self.labels[int(features.label[i])],
+                edge_confidence=float(features.confidence[i]),
+                shadow=bool(shadow[i]),
+            )
+            for i in range(len(texts))
+        ]
+        sent = np.flatnonzero(escalate | shadow)
+        if not len(sent):
+            return decisions
+        answers, attempted = self._ask_cloud([texts[i] for i in sent])
+        cost = costs.edge + costs.cloud if attempted else costs.edge
+        for position, i in enumerate(sent):
+            decision = replace(decisions[i], cost=cost)
+            if answers is None:
+                decisions[i] = replace(decision, reason=CLOUD_ERROR if escalate[i] else decision.reason)
+            elif escalate[i]:
+                answer = answers[position]
+                decisions[i] = replace(
+                    decision, label=answer.label, confidence=answer.confidence, route="cloud",
+                    cloud_label=answer.label,
+                )  # fmt: skip
+            else:
+                decisions[i] = replace(decision, cloud_label=answers[position].label)
+        return decisions
+
+    def _ask_cloud(self, texts: list[str]) -> tuple[list[Prediction] | None, bool]:
+        """The cloud's answers for masked ``texts`` (None on failure), and whether it was called."""
+        if self.cloud is None:
+            return None, False
+        try:
+            answers = self.cloud.classify([mask(t) for t in texts])
+        except CloudUnavailable as exc:
+            logger.warning("cloud backend %s unavailable: %s", self.cloud.name, exc)
+            return None, False
+        except Exception as exc:  # any backend failure falls back to the edge answer
+            logger.warning("cloud backend %s failed for %d queries: %s", self.cloud.name, len(texts), exc)
+            return None, True
+        if len(answers) != len(texts):
+            logger.warning(
+                "cloud backend %s answered %d of %d queries", self.cloud.name, len(answers), len(texts)
+            )
+            return None, True
+        return answers, True
+
+
+def summarize(
+    decisions: Sequence[Decision], costs: Costs, truth: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Edge share, reasons, cost per query and savings against sending everything to the cloud.
+
+    With ``truth``, also the system's accuracy and the accuracy of the edge-answered queries.
+    """
+    n = len(decisions)
+    if not n:
+        raise ValueError("no decisions to summarize")
+    on_edge = [d.route == "edge" for d in decisions]
+    cost = sum(d.cost for d in decisions) / n
+    summary: dict[str, Any] = {
+        "queries": n,
+        "edge_share": sum(on_edge) / n,
+        "cost_per_query": cost,
+        "cloud_only_cost_per_query": costs.cloud,
+        "savings_vs_cloud_only": 1 - cost / costs.cloud if costs.cloud else 0.0,
+        "shadowed": sum(d.shadow for d in decisions),
+        "reasons": dict(Counter(d.reason for d in decisions).most_common()),
+    }
+    if truth is not None:
+        right = [d.label == y for d, y in zip(decisions, truth, strict=True)]
+        edge_right = [r for r, e in zip(right, on_edge, strict=True) if e]
+        summary["accuracy"] = sum(right) / n
+        summary["edge_answered_accuracy"] = sum(edge_right) / len(edge_right) if edge_right else float("nan")
+    shadowed = [d for d in decisions if d.shadow and d.cloud_label is not None]
+    if shadowed:
+        summary["shadow_agreement"] = sum(d.cloud_label == d.edge_label for d in shadowed) / len(shadowed)
+    return summary
+
+
+def project(decisions: Sequence[Decision], costs: Costs, per_month: int) -> dict[str, float]:
+    """Monthly cost of ``per_month`` messages routed like ``decisions``, and against cloud only."""
+    monthly = sum(d.cost for d in decisions) / len(decisions) * per_month
+    cloud_only = costs.cloud * per_month
+    return {
+        "per_month": per_month,
+        "monthly_cost": monthly,
+        "monthly_cloud_only_cost": cloud_only,
+        "monthly_savings": cloud_only - monthly,
+    }

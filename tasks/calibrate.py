@@ -1,0 +1,283 @@
+"""Router calibration: the temperature, then the confidence threshold for a stated target.
+
+On the calibration split: fit the temperature of the edge model's softmax (negative
+log-likelihood), sweep the minimum edge confidence over every value it can usefully take, and
+pick the threshold that meets the target of `RouterConfig`. The sweep runs the runtime's own
+decision rule (`edgeroute.router.escalation_reasons`) and the cloud sees masked text, as in
+production. Then the calibrated runtime `Router` is evaluated on the untouched test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from edgeroute.cloud import CloudBackend, LocalCloud
+from edgeroute.config import PipelineConfig, RouterConfig
+from edgeroute.model import OnnxClassifier, load_tokenizer, softmax
+from edgeroute.privacy import mask
+from edgeroute.router import (
+    OPTIMAL_EDGE,
+    Costs,
+    Features,
+    Router,
+    RouterSettings,
+    compute_features,
+    escalation_reasons,
+    summarize,
+)
+from tasks import tracking
+from tasks.compress import Compressed, Variant
+from tasks.data import PreparedData
+from tasks.gate import GateDecision
+
+CURVE_COLUMNS = (
+    "min_confidence", "edge_share", "system_accuracy", "accuracy_drop_upper", "edge_accuracy",
+    "edge_accuracy_lower", "cost_per_query",
+)  # fmt: skip
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    probabilities = softmax(logits.astype(np.float64), temperature)
+    return -float(np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-12)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of ``labels``."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        return negative_log_likelihood(logits, labels, float(np.exp(log_t)))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins."""
+    confidence = probabilities.max(axis=-1)
+    correct = probabilities.argmax(axis=-1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            gap += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(gap)
+
+
+def clopper_pearson_lower(successes: np.ndarray, trials: np.ndarray, delta: float) -> np.ndarray:
+    """One-sided lower confidence bound (level ``1 - delta``) of a binomial proportion."""
+    from scipy.stats import beta
+
+    successes, trials = np.asarray(successes, dtype=float), np.asarray(trials, dtype=float)
+    with np.errstate(invalid="ignore"):
+        bound = beta.ppf(delta, successes, trials - successes + 1)
+    return np.where(successes > 0, np.nan_to_num(bound), 0.0)
+
+
+def sweep(
+    features: Features,
+    edge_correct: np.ndarray,
+    cloud_correct: np.ndarray,
+    settings: RouterSettings,
+    delta: float,
+) -> pd.DataFrame:
+    """Edge share, system and edge accuracy, and cost per query for every useful threshold.
+
+    With each accuracy, a one-sided bound at confidence ``1 - delta``: the most system accuracy
+    could drop against cloud-only (normal approximation of the mean paired difference), and the
+    least edge-answered accuracy could be (Clopper-Pearson).
+    """
+    from scipy.stats import norm
+
+    z = norm.ppf(1 - delta)
+    thresholds = np.unique(np.concatenate([[0.0], features.confidence.astype(np.float64), [1.0]]))
+    rows = []
+    for threshold in thresholds:
+        escalate = escalation_reasons(features, replace(settings, min_confidence=float(threshold)))
+        on_edge = escalate == OPTIMAL_EDGE
+        # Per query, what answering on the edge costs in accuracy against the cloud (-1, 0 or 1).
+        drop = np.where(on_edge, cloud_correct.astype(int) - edge_correct.astype(int), 0)
+        rows.append(
+            {
+                "min_confidence": float(threshold),
+                "edge_share": on_edge.mean(),
+                "system_accuracy": np.where(on_edge, edge_correct, cloud_correct).mean(),
+                "accuracy_drop_upper": drop.mean() + z * drop.std(ddof=1) / np.sqrt(len(drop)),
+                "edge_accuracy": edge_correct[on_edge].mean() if on_edge.any() else np.nan,
+                "edge_correct": int(edge_correct[on_edge].sum()),
+                "edge_answered": int(on_edge.sum()),
+                "cost_per_query": settings.costs.edge + (1 - on_edge.mean()) * settings.costs.cloud,
+            }
+        )
+    curve = pd.DataFrame(rows)
+    curve["edge_accuracy_lower"] = clopper_pearson_lower(curve["edge_correct"], curve["edge_answered"], delta)
+    return curve[list(CURVE_COLUMNS)]
+
+
+def choose(curve: pd.DataFrame, config: RouterConfig) -> tuple[pd.Series, bool]:
+    """The curve row (ascending thresholds) that meets ``config.target`` with the largest edge
+    share, and whether it could.
+
+    When no threshold meets the target, the nearest one is returned with ``False``: for
+    ``edge_share``, the largest share there is; otherwise the most cautious threshold.
+    """
+    if config.target == "edge_share":
+        # Edge share falls as the threshold rises: the highest threshold that still keeps the share.
+        feasible = curve["edge_share"] >= config.edge_share - 1e-12
+        return (curve[feasible].iloc[-1], True) if feasible.any() else (curve.iloc[0], False)
+    if config.target == "max_edge_share_within":
+        # Only thresholds above which the bound holds all the way up: a lone feasible point among
+        # infeasible ones is calibration noise, and picking it would not hold on new data.
+        feasible = curve["accuracy_drop_upper"] <= config.tolerance
+        feasible = pd.Series(feasible.to_numpy()[::-1].cumprod()[::-1].astype(bool), index=curve.index)
+    else:
+        # The Clopper-Pearson bound widens as fewer queries stay on the edge, so it is not
+        # monotone in the threshold; it already allows for the noise of its own sample.
+        feasible = curve["edge_accuracy_lower"] >= config.edge_accuracy
+    return (curve[feasible].iloc[0], True) if feasible.any() else (curve.iloc[-1], False)
+
+
+def save_curve_png(curve: pd.DataFrame, chosen: pd.Series, cloud_accuracy: float, path: Path) -> None:
+    """System accuracy and cost per query against edge share, the chosen point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, accuracy_axis = plt.subplots(figsize=(7, 4.5))
+    accuracy_axis.plot(curve["edge_share"], curve["system_accuracy"], label="system accuracy")
+    accuracy_axis.axhline(cloud_accuracy, color="grey", linestyle="--", label="cloud only")
+    accuracy_axis.scatter([chosen["edge_share"]], [chosen["system_accuracy"]], color="red", zorder=3)
+    accuracy_axis.annotate(
+        f"min confidence {chosen['min_confidence']:.3f}", (chosen["edge_share"], chosen["system_accuracy"]),
+        textcoords="offset points", xytext=(-10, -18), ha="right",
+    )  # fmt: skip
+    accuracy_axis.set_xlabel("edge share")
+    accuracy_axis.set_ylabel("accuracy")
+    cost_axis = accuracy_axis.twinx()
+    cost_axis.plot(curve["edge_share"], curve["cost_per_query"], color="tab:orange", label="cost per query")
+    cost_axis.set_ylabel("dollars per query")
+    fig.legend(loc="lower left", bbox_to_anchor=(0.12, 0.12))
+    accuracy_axis.set_title("Router calibration (calibration split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibrated router: its settings file, curve, and figures on calibration and test data."""
+
+    directory: Path
+    settings: RouterSettings
+    metrics: dict[str, float]
+    router_json: Path
+
+
+def cloud_correct(cloud: CloudBackend, texts: list[str], labels: list[str]) -> np.ndarray:
+    """Whether the cloud model is right on each text, seeing it masked as it would in production."""
+    answers = cloud.classify([mask(t) for t in texts])
+    return np.array([a.label == y for a, y in zip(answers, labels, strict=True)])
+
+
+def calibrate(
+    edge: OnnxClassifier, cloud: CloudBackend, frame: pd.DataFrame, config: RouterConfig, directory: Path
+) -> Calibration:
+    """Fit the temperature and the threshold on ``frame``; write router.json and the curve."""
+    texts, labels = frame["text"].tolist(), frame["label"].tolist()
+    truth = np.array([edge.labels.index(y) for y in labels])
+    logits, tokens = edge.logits_and_tokens(texts)
+    temperature = fit_temperature(logits, truth)
+    settings = RouterSettings(
+        temperature=temperature,
+        max_complexity=config.max_complexity,
+        max_unfamiliar_share=config.max_unfamiliar_share,
+        shadow_rate=config.shadow_rate,
+        costs=Costs(edge=config.edge_cost, cloud=config.cloud_cost),
+    )
+    features = compute_features(texts, logits, tokens, settings)
+    edge_correct = features.label == truth
+    cloud_right = cloud_correct(cloud, texts, labels)
+    curve = sweep(features, edge_correct, cloud_right, settings, config.delta)
+    chosen, met = choose(curve, config)
+    target = {"target": config.target} | {
+        "max_edge_share_within": {"tolerance": config.tolerance, "delta": config.delta},
+        "edge_share": {"edge_share": config.edge_share},
+        "edge_accuracy": {"edge_accuracy": config.edge_accuracy, "delta": config.delta},
+    }[config.target]
+    settings = replace(
+        settings,
+        min_confidence=float(chosen["min_confidence"]),
+        calibration=target | {"target_met": met, "calibration_rows": len(texts)},
+    )
+    metrics = {
+        "temperature": temperature,
+        "ece_before": expected_calibration_error(softmax(logits), truth),
+        "ece_after": expected_calibration_error(softmax(logits, temperature), truth),
+        "nll_before": negative_log_likelihood(logits, truth),
+        "nll_after": negative_log_likelihood(logits, truth, temperature),
+        "min_confidence": settings.min_confidence,
+        "target_met": float(met),
+    } | {f"calibration_{k}": float(chosen[k]) for k in CURVE_COLUMNS if k != "min_confidence"}
+    metrics["calibration_cloud_only_accuracy"] = float(cloud_right.mean())
+    directory.mkdir(parents=True, exist_ok=True)
+    router_json = directory / "router.json"
+    router_json.write_text(settings.to_json(), encoding="utf-8")
+    curve.to_csv(directory / "router_curve.csv", index=False)
+    save_curve_png(curve, chosen, float(cloud_right.mean()), directory / "router_curve.png")
+    return Calibration(directory, settings, metrics, router_json)
+
+
+def evaluate(router: Router, frame: pd.DataFrame) -> dict[str, float]:
+    """The routed system on labelled data, against cloud-only and edge-only."""
+    texts, labels = frame["text"].tolist(), frame["label"].tolist()
+    decisions = router.route(texts)
+    summary = summarize(decisions, router.settings.costs, labels)
+    edge_only = np.mean([d.edge_label == y for d, y in zip(decisions, labels, strict=True)])
+    cloud_only = cloud_correct(router.cloud, texts, labels).mean() if router.cloud else np.nan
+    reasons = summary.pop("reasons")
+    return (
+        {k: float(v) for k, v in summary.items()}
+        | {"edge_only_accuracy": float(edge_only), "cloud_only_accuracy": float(cloud_only)}
+        | {f"reason.{reason}": float(count) for reason, count in reasons.items()}
+    )
+
+
+def edge_and_cloud(
+    edge: Variant, cloud: Variant, labels: list[str], max_length: int
+) -> tuple[OnnxClassifier, LocalCloud]:
+    """The INT8 edge model and the FP32 cloud model, as the runtime loads them."""
+    return (
+        OnnxClassifier(edge.model, load_tokenizer(edge.tokenizer, max_length), labels),
+        LocalCloud(OnnxClassifier(cloud.model, load_tokenizer(cloud.tokenizer, max_length), labels)),
+    )
+
+
+@task(name="calibrate-router")
+def calibrate_router(
+    config: PipelineConfig,
+    data: PreparedData,
+    compressed: Compressed,
+    decision: GateDecision,
+    parent_run_id: str,
+) -> Calibration:
+    """Prefect task: calibrate on the calibration split, evaluate on the test split, log both."""
+    edge, cloud = edge_and_cloud(
+        decision.edge, compressed.variants["fp32"], data.labels, config.model.max_length
+    )
+    directory = config.work_dir.resolve() / "calibrate" / parent_run_id
+    with tracking.stage_run(parent_run_id, "calibrate") as run_id:
+        tracking.log_params(run_id, config.router.model_dump(mode="json"))
+        calibration = calibrate(edge, cloud, data.frame("calibration"), config.router, directory)
+        test = evaluate(Router(edge, cloud, calibration.settings), data.frame("test"))
+        metrics = calibration.metrics | {f"test_{k}": v for k, v in test.items()}
+        tracking.log_metrics(run_id, metrics)
+        for name in ("router.json", "router_curve.csv", "router_curve.png"):
+            tracking.log_artifact(run_id, directory / name)
+    return replace(calibration, metrics=metrics)

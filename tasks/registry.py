@@ -1,0 +1,185 @@
+"""The MLflow model registry: the bundle as a pyfunc model, aliases, promotion and rollback.
+
+A registered version's artifacts are the bundle itself, so what the registry serves is what
+was gated and calibrated, hashes and all. The newest version gets the ``challenger`` alias; it
+becomes ``champion`` when there is none, or when it is not worse than the champion on the
+champion's own test split. Every version records the champion it replaced, so a rollback
+needs no memory beyond the registry.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+from prefect import task
+
+from edgeroute.bundle import load_bundle
+from edgeroute.config import PipelineConfig, PromotionConfig
+from tasks import tracking
+from tasks.calibrate import evaluate
+from tasks.data import PreparedData
+from tasks.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+PREVIOUS_CHAMPION = "previous_champion"
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def requirements() -> list[str]:
+    """What loading the model needs: the runtime and MLflow, at the versions that logged it."""
+    from importlib.metadata import version
+
+    names = ("mlflow", "numpy", "onnxruntime", "tokenizers", "pandas", "pydantic", "pyyaml", "typer")
+    return [f"{name}=={version(name)}" for name in names]
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: str
+    run_id: str
+
+
+def register_bundle(bundle_path: Path, name: str, parent_run_id: str, examples: list[str]) -> Registered:
+    """Log the bundle as a pyfunc model in a ``register`` run, register it, alias it challenger."""
+    bundle = load_bundle(bundle_path)  # refuse an altered bundle before it reaches the registry
+    example = pd.DataFrame({"text": examples})
+    output = decisions_frame(bundle.router(), examples)
+    lineage = {f"lineage.{k}": str(v) for k, v in bundle.manifest["lineage"].items()}
+    with tracking.stage_run(parent_run_id, "register") as run_id:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(MODEL_CODE),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
+                signature=infer_signature(example, output),
+                input_example=example,
+                pip_requirements=requirements(),
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        client = tracking.client()
+        for key, value in lineage.items():
+            client.set_model_version_tag(name, version, key, value)
+        client.set_registered_model_alias(name, CHALLENGER, version)
+        tracking.set_tags(run_id, {"registered_model": name, "registered_version": version})
+    return Registered(name, version, run_id)
+
+
+def version_by_alias(name: str, alias: str):
+    """The model version holding ``alias``, or None."""
+    try:
+        return tracking.client().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def version_exists(name: str, version: str) -> bool:
+    try:
+        tracking.client().get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
+def download_bundle(uri: str, destination: Path | None = None) -> Path:
+    """The bundle behind ``models:/<name>@<alias>`` (or ``/<version>``), downloaded and verified."""
+    tracking.client()
+    target = destination or Path(tempfile.mkdtemp(prefix="edgeroute-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    artifacts = Model.load(local / "MLmodel").flavors["python_function"]["artifacts"]
+    bundle = local / artifacts[BUNDLE_ARTIFACT]["path"]
+    load_bundle(bundle)
+    return bundle
+
+
+def registered_router(uri: str):
+    """The router of a registered bundle, downloaded and verified."""
+    return load_bundle(download_bundle(uri)).router()
+
+
+def set_champion(name: str, version: str, reason: str) -> dict[str, Any]:
+    """Move the champion alias to ``version``, recording the version it replaces."""
+    client = tracking.client()
+    current = version_by_alias(name, CHAMPION)
+    if current is not None and str(current.version) == str(version):
+        return {"champion": version, "previous": current.tags.get(PREVIOUS_CHAMPION), "reason": reason}
+    previous = str(current.version) if current is not None else ""
+    client.set_model_version_tag(name, version, PREVIOUS_CHAMPION, previous)
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return {"champion": version, "previous": previous or None, "reason": reason}
+
+
+def rollback(name: str) -> dict[str, Any]:
+    """Give the champion alias back to the version the current champion replaced."""
+    current = version_by_alias(name, CHAMPION)
+    if current is None:
+        raise ValueError(f"registered model {name!r} has no {CHAMPION} to roll back")
+    previous = current.tags.get(PREVIOUS_CHAMPION)
+    if not previous:
+        raise ValueError(
+            f"{name} version {current.version} was the first {CHAMPION}; nothing to roll back to"
+        )
+    tracking.client().set_registered_model_alias(name, CHAMPION, previous)
+    return {"champion": previous, "rolled_back_from": str(current.version)}
+
+
+def champion_test_split(champion, fallback: PreparedData) -> tuple[pd.DataFrame, str]:
+    """The champion's own test split, found through its data lineage; else the challenger's."""
+    data_dir = champion.tags.get("lineage.data_dir")
+    if data_dir and (Path(data_dir) / "data.json").is_file():
+        return PreparedData.load(Path(data_dir)).frame("test"), data_dir
+    return fallback.frame("test"), f"{fallback.directory} (the champion's data is gone)"
+
+
+def decide(
+    name: str, challenger: Registered, data: PreparedData, settings: PromotionConfig, run_id: str
+) -> dict[str, Any]:
+    """Promote the challenger unless it is worse than the champion on the champion's test split."""
+    champion = version_by_alias(name, CHAMPION)
+    if champion is None:
+        return set_champion(name, challenger.version, "first champion") | {"promoted": True}
+    frame, source = champion_test_split(champion, data)
+    scores = {
+        role: evaluate(registered_router(f"models:/{name}/{version}"), frame)[settings.metric]
+        for role, version in ((CHAMPION, champion.version), (CHALLENGER, challenger.version))
+    }
+    tracking.log_metrics(run_id, {f"{role}_{settings.metric}": score for role, score in scores.items()})
+    promoted = scores[CHALLENGER] >= scores[CHAMPION] - settings.tolerance
+    verdict = (
+        f"{settings.metric} {scores[CHALLENGER]:.4f} vs champion v{champion.version} {scores[CHAMPION]:.4f} "
+        f"(tolerance {settings.tolerance:g}) on {source}"
+    )
+    result = {"promoted": promoted, "champion": str(champion.version), "scores": scores, "reason": verdict}
+    if promoted:
+        result |= set_champion(name, challenger.version, verdict)
+    return result
+
+
+@task(name="register")
+def register_model(
+    config: PipelineConfig, data: PreparedData, bundle_path: Path, parent_run_id: str
+) -> Registered:
+    """Prefect task: the bundle into the registry as the new challenger."""
+    examples = data.frame("test")["text"].head(3).tolist()
+    return register_bundle(bundle_path, config.tracking.registered_model, parent_run_id, examples)
+
+
+@task(name="promote")
+def promote_model(
+    config: PipelineConfig, data: PreparedData, registered: Registered, parent_run_id: str
+) -> dict[str, Any]:
+    """Prefect task: promote or keep the champion; the decision and both scores go to MLflow."""
+    with tracking.stage_run(parent_run_id, "promote") as run_id:
+        tracking.log_params(run_id, config.promotion.model_dump(mode="json"))
+        decision = decide(registered.name, registered, data, config.promotion, run_id)
+        tracking.set_tags(run_id, {"promoted": decision["promoted"], "decision": decision["reason"]})
+    return decision

@@ -1,0 +1,127 @@
+"""The registry on a real MLflow store: pyfunc bundle, aliases, promotion, rollback, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from edgeroute.bundle import ROUTER, BundleError, load_bundle
+from edgeroute.config import PromotionConfig
+from edgeroute.router import RouterSettings
+from tasks import registry, tracking
+
+NAME = "edgeroute-test"
+
+
+@pytest.fixture
+def parent_run(mlflow_uri):
+    with tracking.pipeline_run("registry-test", "parent") as run_id:
+        yield run_id
+
+
+def variant_bundle(tiny_bundle: Path, tmp_path: Path, **settings) -> Path:
+    """A copy of the tiny bundle with other router settings (and so another manifest)."""
+    from edgeroute.bundle import write_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    router_json = tmp_path / "router.json"
+    router_json.write_text(replace(bundle.router_settings(), **settings).to_json())
+    files = {name: tiny_bundle / name for name in bundle.manifest["files"]} | {ROUTER: router_json}
+    return write_bundle(
+        tmp_path / "variant",
+        files,
+        labels=bundle.labels,
+        max_length=bundle.manifest["max_length"],
+        metrics=bundle.manifest["metrics"],
+        lineage=bundle.manifest["lineage"],
+    )
+
+
+def test_a_registered_bundle_is_a_pyfunc_model_with_lineage(tiny_bundle, parent_run, mlflow_uri):
+    registered = registry.register_bundle(tiny_bundle, NAME, parent_run, ["where is my parcel", "thanks!"])
+    client = MlflowClient(mlflow_uri)
+    version = client.get_model_version_by_alias(NAME, "challenger")
+    assert str(version.version) == registered.version == "1"
+    assert version.tags["lineage.data_digest"] == load_bundle(tiny_bundle).manifest["lineage"]["data_digest"]
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger")
+    inputs = [field.name for field in model.metadata.get_input_schema().inputs]
+    outputs = [field.name for field in model.metadata.get_output_schema().inputs]
+    assert inputs == ["text"] and outputs == ["label", "confidence", "route", "reason", "cost"]
+    predicted = model.predict(pd.DataFrame({"text": ["where is my parcel", "Zqxjkv wvbnmq"]}))
+    expected = load_bundle(tiny_bundle).router().route(["where is my parcel", "Zqxjkv wvbnmq"])
+    assert predicted["label"].tolist() == [d.label for d in expected]
+    assert predicted["reason"].tolist() == [d.reason for d in expected]
+
+    downloaded = registry.download_bundle(f"models:/{NAME}/1")
+    assert json.loads((downloaded / "manifest.json").read_text()) == load_bundle(tiny_bundle).manifest
+
+
+def test_promotion_first_champion_then_only_if_not_worse(tiny_bundle, tiny_prepared, tmp_path, parent_run):
+    _, data = tiny_prepared
+    by_edge_share = PromotionConfig(metric="edge_share", tolerance=0.0)
+    first = registry.register_bundle(tiny_bundle, NAME, parent_run, ["hi"])
+    assert registry.decide(NAME, first, data, by_edge_share, parent_run)["promoted"]
+
+    # Everything to the cloud: edge share 0, far worse on the configured metric.
+    timid = variant_bundle(tiny_bundle, tmp_path, min_confidence=1.0)
+    second = registry.register_bundle(timid, NAME, parent_run, ["hi"])
+    decision = registry.decide(NAME, second, data, by_edge_share, parent_run)
+    assert not decision["promoted"]
+    assert decision["scores"]["challenger"] < decision["scores"]["champion"]
+    assert str(registry.version_by_alias(NAME, "champion").version) == first.version
+    assert str(registry.version_by_alias(NAME, "challenger").version) == second.version
+    run = MlflowClient().get_run(parent_run)
+    assert run.data.metrics["champion_edge_share"] == decision["scores"]["champion"]
+
+    # Everything on the edge: the highest edge share there is, so it is promoted.
+    bold = variant_bundle(tiny_bundle, tmp_path / "bold", min_confidence=0.0, max_complexity=1.0)
+    third = registry.register_bundle(bold, NAME, parent_run, ["hi"])
+    assert registry.decide(NAME, third, data, by_edge_share, parent_run)["promoted"]
+    champion = registry.version_by_alias(NAME, "champion")
+    assert str(champion.version) == third.version and champion.tags["previous_champion"] == first.version
+
+
+def test_promote_and_rollback_from_the_command_line(tiny_bundle, parent_run, mlflow_uri, tmp_path):
+    for _ in range(2):
+        registry.register_bundle(tiny_bundle, NAME, parent_run, ["hi"])
+    edgeroute = str(Path(sys.executable).parent / "edgeroute")
+    env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}
+
+    def run(*args):
+        return subprocess.run([edgeroute, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    assert run("promote", "1", "--name", NAME).returncode == 0
+    done = run("promote", "2", "--name", NAME)
+    assert done.returncode == 0 and "champion is now version 2 (was 1)" in done.stdout
+    missing = run("promote", "9", "--name", NAME)
+    assert missing.returncode == 1 and "has no version 9" in missing.stderr
+
+    classified = run("classify", "--model", f"models:/{NAME}@champion", "--json", "where is my parcel")
+    assert classified.returncode == 0, classified.stderr
+    assert json.loads(classified.stdout)["label"] in {"negative", "neutral", "positive"}
+
+    back = run("rollback", "--name", NAME)
+    assert back.returncode == 0 and "champion is now version 1 (rolled back from 2)" in back.stdout
+    assert str(registry.version_by_alias(NAME, "champion").version) == "1"
+    again = run("rollback", "--name", NAME)
+    assert again.returncode == 1 and "was the first champion; nothing to roll back to" in again.stderr
+
+
+def test_an_altered_bundle_is_never_registered(tiny_bundle, tmp_path, parent_run, mlflow_uri):
+    broken = shutil.copytree(tiny_bundle, tmp_path / "broken")
+    (broken / ROUTER).write_text(RouterSettings(min_confidence=0.1).to_json())
+    with pytest.raises(BundleError, match=r"router\.json does not match its sha256"):
+        registry.register_bundle(broken, NAME, parent_run, ["hi"])
+    assert MlflowClient(mlflow_uri).search_registered_models() == []
