@@ -38,7 +38,7 @@ from importlib.metadata import version
 
 SETUP = (
     "python3 -m venv .venv-presidio && .venv-presidio/bin/pip install -q presidio-analyzer "
-    "presidio-anonymizer && .venv-presidio/bin/pip install -q -e /work/main"
+    "presidio-anonymizer && .venv-presidio/bin/pip install -q -e ."
 )
 SHARED = ("CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE")
 N_MESSAGES, SEED, WARMUP, RUNS, N_EXAMPLES = 2000, 7, 200, 3, 5
