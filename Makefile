@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= demo
+PREFECT_PORT ?= 4200
+WORK_POOL := edgeroute-process
 
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo train test test-slow lint format mlflow-ui clean
+.PHONY: install demo train test test-slow lint format mlflow-ui prefect-server worker deploy clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +49,21 @@ format: $(STAMP)
 mlflow-ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
 		--backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow/mlflow.db}
+
+# A Prefect server, a process worker and the deployments of prefect.yaml, all on 127.0.0.1.
+prefect-server worker deploy: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+# The worker runs flows from this checkout (prefect.yaml's pull step reads EDGEROUTE_HOME).
+worker deploy: export EDGEROUTE_HOME ?= $(CURDIR)
+
+prefect-server: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+worker: $(STAMP)
+	$(BIN)/prefect worker start --pool $(WORK_POOL) --type process
+
+deploy: $(STAMP)
+	$(BIN)/prefect work-pool create $(WORK_POOL) --type process --overwrite
+	$(BIN)/prefect --no-prompt deploy --all
 
 clean:
 	rm -rf work .prefect/storage .pytest_cache .ruff_cache
