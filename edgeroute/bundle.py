@@ -76,6 +76,26 @@ def write_bundle(
     return destination
 
 
+def derive_bundle(
+    source: Bundle,
+    destination: Path,
+    *,
+    replace: Mapping[str, Path],
+    metrics: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+) -> Path:
+    """A new bundle from ``source`` with some files replaced and its metrics and lineage updated."""
+    manifest = source.manifest
+    return write_bundle(
+        destination,
+        {name: source.path / name for name in manifest["files"]} | dict(replace),
+        labels=source.labels,
+        max_length=manifest["max_length"],
+        metrics=manifest["metrics"] | dict(metrics),
+        lineage=manifest["lineage"] | dict(lineage),
+    )
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A verified bundle on disk."""

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 from edgeroute.config import load_config, to_yaml
 from tasks import summary, tracking
 from tasks.bundle import bundle_model
-from tasks.calibrate import calibrate_router
+from tasks.calibrate import calibrate_router, edge_and_cloud
 from tasks.classifier import train_classifier
 from tasks.compress import compress_model
 from tasks.dapt import domain_adapt
@@ -45,7 +45,10 @@ def training_pipeline(
         compressed = compress_model(config, data, classifier, run_id)
         benchmarks = benchmark_models(config, data, compressed, run_id)
         decision = gate_model(config, data, compressed, benchmarks, run_id)
-        calibration = calibrate_router(config, data, compressed, decision, run_id)
+        edge, cloud = edge_and_cloud(
+            decision.edge, compressed.variants["fp32"], data.labels, config.model.max_length
+        )
+        calibration = calibrate_router(config, data, edge, cloud, run_id)
         bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, run_id)
         registered = register_model(config, data, bundle, run_id)
         promotion = promote_model(config, data, registered, run_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import task
 
-from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, write_bundle
+from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, Bundle, derive_bundle, write_bundle
 from edgeroute.config import PipelineConfig
 from tasks import tracking
 from tasks.calibrate import Calibration
@@ -68,4 +68,32 @@ def bundle_model(
     tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
     # The bundle holds copies of what passed; the intermediate graphs of this run can go.
     shutil.rmtree(compressed.directory, ignore_errors=True)
+    return destination
+
+
+@task(name="recalibrated-bundle")
+def recalibrated_bundle(
+    config: PipelineConfig,
+    data: PreparedData,
+    source: Bundle,
+    calibration: Calibration,
+    model_uri: str,
+    parent_run_id: str,
+) -> Path:
+    """Prefect task: the source bundle with the new router.json, under ``work_dir/bundles/<run id>``."""
+    destination = config.work_dir.resolve() / "bundles" / parent_run_id
+    derive_bundle(
+        source,
+        destination,
+        replace={ROUTER: calibration.router_json},
+        metrics={"router": calibration.metrics},
+        lineage={
+            "recalibrated_from": model_uri,
+            "calibration_data_digest": data.digest,
+            "data_dir": str(data.directory),
+            "mlflow_run_id": parent_run_id,
+            "git_commit": tracking.git_commit(),
+        },
+    )
+    tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
     return destination

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from edgeroute.cloud import CloudBackend, LocalCloud
 from edgeroute.config import PipelineConfig, RouterConfig
@@ -31,9 +32,8 @@ from edgeroute.router import (
     summarize,
 )
 from tasks import tracking
-from tasks.compress import Compressed, Variant
+from tasks.compress import Variant
 from tasks.data import PreparedData
-from tasks.gate import GateDecision
 
 CURVE_COLUMNS = (
     "min_confidence", "edge_share", "system_accuracy", "accuracy_drop_upper", "edge_accuracy",
@@ -259,18 +259,15 @@ def edge_and_cloud(
     )
 
 
-@task(name="calibrate-router")
+@task(name="calibrate-router", cache_policy=NO_CACHE)
 def calibrate_router(
     config: PipelineConfig,
     data: PreparedData,
-    compressed: Compressed,
-    decision: GateDecision,
+    edge: OnnxClassifier,
+    cloud: CloudBackend,
     parent_run_id: str,
 ) -> Calibration:
     """Prefect task: calibrate on the calibration split, evaluate on the test split, log both."""
-    edge, cloud = edge_and_cloud(
-        decision.edge, compressed.variants["fp32"], data.labels, config.model.max_length
-    )
     directory = config.work_dir.resolve() / "calibrate" / parent_run_id
     with tracking.stage_run(parent_run_id, "calibrate") as run_id:
         tracking.log_params(run_id, config.router.model_dump(mode="json"))

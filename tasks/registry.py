@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from prefect import task
 
-from edgeroute.bundle import load_bundle
+from edgeroute.bundle import Bundle, load_bundle
 from edgeroute.config import PipelineConfig, PromotionConfig
 from tasks import tracking
 from tasks.calibrate import evaluate
@@ -162,6 +162,15 @@ def decide(
     if promoted:
         result |= set_champion(name, challenger.version, verdict)
     return result
+
+
+@task(name="fetch-bundle", retries=2, retry_delay_seconds=5)
+def fetch_bundle(reference: str) -> Bundle:
+    """Prefect task: a registered bundle (``models:/<name>@<alias>``) downloaded, or a bundle
+    directory; verified either way."""
+    if reference.startswith("models:/"):
+        return load_bundle(download_bundle(reference))
+    return load_bundle(Path(reference))
 
 
 @task(name="register")

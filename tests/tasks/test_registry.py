@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from edgeroute.bundle import ROUTER, BundleError, load_bundle
+from edgeroute.bundle import ROUTER, BundleError, derive_bundle, load_bundle
 from edgeroute.config import PromotionConfig
 from edgeroute.router import RouterSettings
 from tasks import registry, tracking
@@ -31,21 +31,11 @@ def parent_run(mlflow_uri):
 
 def variant_bundle(tiny_bundle: Path, tmp_path: Path, **settings) -> Path:
     """A copy of the tiny bundle with other router settings (and so another manifest)."""
-    from edgeroute.bundle import write_bundle
-
     bundle = load_bundle(tiny_bundle)
     tmp_path.mkdir(parents=True, exist_ok=True)
     router_json = tmp_path / "router.json"
     router_json.write_text(replace(bundle.router_settings(), **settings).to_json())
-    files = {name: tiny_bundle / name for name in bundle.manifest["files"]} | {ROUTER: router_json}
-    return write_bundle(
-        tmp_path / "variant",
-        files,
-        labels=bundle.labels,
-        max_length=bundle.manifest["max_length"],
-        metrics=bundle.manifest["metrics"],
-        lineage=bundle.manifest["lineage"],
-    )
+    return derive_bundle(bundle, tmp_path / "variant", replace={ROUTER: router_json}, metrics={}, lineage={})
 
 
 def test_a_registered_bundle_is_a_pyfunc_model_with_lineage(tiny_bundle, parent_run, mlflow_uri):
