@@ -78,19 +78,25 @@ JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per li
 CHUNK = 512  # texts per router call: bounded memory, one cloud call per chunk
 
 
+def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | None]:
+    """The bundle directory, downloaded from the registry for ``--model``; and its registry version."""
+    if (bundle is None) == (model is None):
+        raise _fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
+    if model is None:
+        return bundle, None
+    try:
+        from tasks.registry import download_bundle, resolve_version
+    except ImportError as exc:
+        raise _fail(f"--model needs the 'train' extra (MLflow): {exc}", 2) from None
+    return download_bundle(model), resolve_version(model)
+
+
 def open_router(bundle: Path | None, model: str | None, cloud_url: str | None):
     """The router of a bundle given by path or by registered model URI."""
     from edgeroute.bundle import BundleError, load_bundle
     from edgeroute.cloud import CircuitBreaker, GuardedCloud, HttpCloud
 
-    if (bundle is None) == (model is None):
-        raise _fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
-    if model is not None:
-        try:
-            from tasks.registry import download_bundle
-        except ImportError as exc:
-            raise _fail(f"--model needs the 'train' extra (MLflow): {exc}", 2) from None
-        bundle = download_bundle(model)
+    bundle, _ = resolve_bundle(bundle, model)
     try:
         loaded = load_bundle(bundle)
     except BundleError as exc:
@@ -252,3 +258,63 @@ def rollback(name: RegisteredName = "edgeroute") -> None:
         raise _fail(str(exc), 1) from None
     champion, before = result["champion"], result["rolled_back_from"]
     typer.echo(f"{name}: champion is now version {champion} (rolled back from {before})")
+
+
+@app.command()
+def serve(
+    bundle: BundleOption = None,
+    model: ModelOption = None,
+    role: Annotated[str, typer.Option(help="edge: route and escalate; cloud: answer escalations.")] = "edge",
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    cloud_url: CloudUrl = None,
+    audit: Annotated[Path, typer.Option(help="The audit trail (SQLite).")] = Path("work/audit/audit.db"),
+    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted (413 above).")] = 4000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
+    timeout: Annotated[float, typer.Option(help="Seconds to answer a request (504 after).")] = 10.0,
+    cloud_timeout: Annotated[float, typer.Option(help="Seconds per call to the cloud service.")] = 2.0,
+    cloud_retries: Annotated[int, typer.Option(min=0, help="Retries of a failed cloud call.")] = 2,
+    breaker_failures: Annotated[int, typer.Option(min=1, help="Failures that open the circuit.")] = 5,
+    breaker_reset: Annotated[float, typer.Option(help="Seconds before an open circuit tries again.")] = 30.0,
+    window: Annotated[float, typer.Option(help="Monitor window, seconds.")] = 3600.0,
+    min_edge_share: Annotated[float, typer.Option(help="Alert below this edge share.")] = 0.80,
+    min_accuracy: Annotated[float, typer.Option(help="Alert below this feedback accuracy.")] = 0.85,
+    max_cost: Annotated[float, typer.Option(help="Alert above this cost per query ($).")] = 0.01,
+    max_p95_ms: Annotated[float, typer.Option(help="Alert above this p95 latency (ms).")] = 150.0,
+) -> None:
+    """Serve the router over HTTP (API key from EDGEROUTE_API_KEY, if set)."""
+    import os
+
+    import uvicorn
+
+    from edgeroute.audit import AuditLog
+    from edgeroute.bundle import BundleError, load_bundle
+    from edgeroute.cloud import CircuitBreaker
+    from edgeroute.monitor import Monitor, Thresholds
+    from edgeroute.server import ServeSettings, create_app, edge_cloud_router, model_version
+
+    if role not in ("edge", "cloud"):
+        raise _fail(f"--role must be edge or cloud, not {role!r}", 2)
+    path, registered = resolve_bundle(bundle, model)
+    try:
+        loaded = load_bundle(path)
+    except BundleError as exc:
+        raise _fail(str(exc), 2) from None
+    breaker = CircuitBreaker(breaker_failures, breaker_reset)
+    http = {
+        "timeout_s": cloud_timeout,
+        "retries": cloud_retries,
+        "api_key": os.environ.get("EDGEROUTE_CLOUD_API_KEY"),
+    }
+    router = edge_cloud_router(loaded, role, cloud_url, breaker, **http)
+    thresholds = Thresholds(
+        min_edge_share=min_edge_share, min_accuracy=min_accuracy, max_cost_per_query=max_cost,
+        max_p95_latency_ms=max_p95_ms, window_s=window,
+    )  # fmt: skip
+    settings = ServeSettings(
+        role=role, model_version=model_version(loaded, registered), max_text_chars=max_text_chars,
+        max_batch=max_batch, timeout_s=timeout, api_key=os.environ.get("EDGEROUTE_API_KEY") or None,
+    )  # fmt: skip
+    app = create_app(router, AuditLog(audit), Monitor(thresholds, router.settings.costs), settings)
+    typer.echo(f"edgeroute {role} service, model {settings.model_version}, on http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

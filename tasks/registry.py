@@ -81,6 +81,14 @@ def version_by_alias(name: str, alias: str):
         return None
 
 
+def resolve_version(uri: str) -> str:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` as ``<name>/<version>``."""
+    name, _, ref = uri.removeprefix("models:/").partition("@")
+    if ref:
+        return f"{name}/{tracking.client().get_model_version_by_alias(name, ref).version}"
+    return uri.removeprefix("models:/")
+
+
 def version_exists(name: str, version: str) -> bool:
     try:
         tracking.client().get_model_version(name, version)

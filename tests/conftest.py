@@ -120,3 +120,17 @@ def tiny_bundle(tmp_path_factory, tiny_prepared, tiny_compressed, tiny_calibrati
         metrics={"router": tiny_calibration.metrics},
         lineage={"data_digest": data.digest},
     )
+
+
+@pytest.fixture(scope="session")
+def escalating_bundle(tmp_path_factory, tiny_bundle) -> Path:
+    """The tiny bundle with a router that sends every query to the cloud."""
+    from dataclasses import replace
+
+    from edgeroute.bundle import ROUTER, derive_bundle, load_bundle
+
+    bundle = load_bundle(tiny_bundle)
+    directory = tmp_path_factory.mktemp("escalating")
+    router_json = directory / "router.json"
+    router_json.write_text(replace(bundle.router_settings(), min_confidence=1.0).to_json())
+    return derive_bundle(bundle, directory / "bundle", replace={ROUTER: router_json}, metrics={}, lineage={})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
+from tests.services import free_port
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 POOL = "edgeroute-process"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:

@@ -1,0 +1,109 @@
+"""The audit trail: every routing decision and every piece of feedback, append-only, no text.
+
+SQLite (WAL) with two tables, ``decisions`` and ``feedback``; triggers refuse any UPDATE or
+DELETE, so a row once written stays as written. A text is recorded only as a keyed hash
+(HMAC-SHA256), so the same message can be matched across requests without being stored. The
+key comes from ``EDGEROUTE_AUDIT_KEY`` or from a key file beside the database, created with
+owner-only permissions on first use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+KEY_ENV = "EDGEROUTE_AUDIT_KEY"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    route TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    complexity REAL NOT NULL,
+    cost REAL NOT NULL,
+    text_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL REFERENCES decisions(request_id),
+    time REAL NOT NULL,
+    true_label TEXT NOT NULL
+);
+"""
+_APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action} ON {table}
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+"""
+
+
+def audit_key(database: Path) -> bytes:
+    """The HMAC key: ``EDGEROUTE_AUDIT_KEY``, else ``<database>.key`` (made on first use, mode 600)."""
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    path = database.with_suffix(database.suffix + ".key")
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+class AuditLog:
+    """Append-only SQLite record of decisions and feedback; safe to share between threads."""
+
+    def __init__(self, database: Path) -> None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        self.path = database
+        self._key = audit_key(database)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        for table in ("decisions", "feedback"):
+            for action in ("UPDATE", "DELETE"):
+                self._db.execute(_APPEND_ONLY.format(table=table, action=action))
+
+    def text_hash(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+    def record(self, rows: Iterable[dict]) -> None:
+        """Decisions, each with request_id, model_version, route, reason, label, confidence,
+        complexity, cost and the text (hashed here, never stored)."""
+        now = time.time()
+        values = [
+            (r["request_id"], now, r["model_version"], r["route"], r["reason"], r["label"],
+             r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]))
+            for r in rows
+        ]  # fmt: skip
+        with self._lock:
+            self._db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+    def feedback(self, request_id: str, true_label: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO feedback (request_id, time, true_label) VALUES (?, ?, ?)",
+                (request_id, time.time(), true_label),
+            )
+
+    def decision(self, request_id: str) -> dict | None:
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM decisions WHERE request_id = ?", (request_id,))
+            row = cursor.fetchone()
+            names = [c[0] for c in cursor.description]
+        return dict(zip(names, row, strict=True)) if row else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

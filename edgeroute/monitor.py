@@ -1,0 +1,228 @@
+"""Live health of the router: rolling metrics, alerts, a health score, trends, recommendations.
+
+Every routed request is recorded with its time, route, cost, latency and complexity; feedback
+(the true label of a request) adds accuracy. `Monitor.report()` computes, over the rolling
+window, the metrics of DESIGN §1, the alerts that fire at their thresholds, the health score
+and its status, a trend per metric (linear fit over equal time buckets of the window) and
+plain-language recommendations.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from edgeroute.router import Costs
+
+DAYS_PER_MONTH = 30
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds (reference values of DESIGN §1) and the window they apply to."""
+
+    min_edge_share: float = 0.80
+    min_accuracy: float = 0.85
+    max_cost_per_query: float = 0.01
+    max_p95_latency_ms: float = 150.0
+    window_s: float = 3600.0
+    max_events: int = 100_000
+    trend_buckets: int = 6
+    trend_tolerance: float = 0.01  # change per bucket below which a metric is "stable"
+
+
+@dataclass
+class _Event:
+    time: float
+    edge: bool
+    cost: float
+    latency_ms: float
+    complexity: float
+    correct: bool | None = None
+
+
+# Direction in which each metric gets better, for trends.
+_BETTER_WHEN = {"edge_share": 1, "accuracy": 1, "cost_per_query": -1, "p95_latency_ms": -1}
+
+
+def health_score(edge_share: float | None, accuracy: float | None, alerts: int) -> int:
+    """DESIGN §1: 100, less for a low edge share and low accuracy, less 5 per alert (at most 30).
+
+    A metric with no data (no traffic, no feedback) costs nothing.
+    """
+    score = 100
+    if edge_share is not None and edge_share < 0.9:
+        score -= 10
+    if edge_share is not None and edge_share < 0.8:
+        score -= 20
+    if accuracy is not None and accuracy < 0.9:
+        score -= 15
+    if accuracy is not None and accuracy < 0.8:
+        score -= 30
+    score -= min(5 * alerts, 30)
+    return max(score, 0)
+
+
+def status(score: int) -> str:
+    for floor, name in ((90, "excellent"), (75, "good"), (60, "fair"), (40, "poor")):
+        if score >= floor:
+            return name
+    return "critical"
+
+
+def trend(values: Iterable[float | None], better_when: int, tolerance: float) -> str:
+    """improving / stable / declining from the slope of a linear fit; "unknown" with < 3 points."""
+    points = [(i, v) for i, v in enumerate(values) if v is not None]
+    if len(points) < 3:
+        return "unknown"
+    x, y = np.array(points, dtype=float).T
+    slope = float(np.polyfit(x, y, 1)[0]) * better_when
+    if abs(slope) <= tolerance * max(abs(float(np.mean(y))), 1e-12):
+        return "stable"
+    return "improving" if slope > 0 else "declining"
+
+
+def _metrics(events: list[_Event]) -> dict[str, float | None]:
+    if not events:
+        return {"requests": 0, "edge_share": None, "cost_per_query": None, "p95_latency_ms": None,
+                "avg_complexity": None, "accuracy": None, "labelled": 0}  # fmt: skip
+    labelled = [e.correct for e in events if e.correct is not None]
+    return {
+        "requests": len(events),
+        "edge_share": sum(e.edge for e in events) / len(events),
+        "cost_per_query": sum(e.cost for e in events) / len(events),
+        "p95_latency_ms": float(np.percentile([e.latency_ms for e in events], 95)),
+        "avg_complexity": sum(e.complexity for e in events) / len(events),
+        "accuracy": sum(labelled) / len(labelled) if labelled else None,
+        "labelled": len(labelled),
+    }
+
+
+class Monitor:
+    """Thread-safe rolling record of routed requests and their feedback."""
+
+    def __init__(
+        self,
+        thresholds: Thresholds = Thresholds(),
+        costs: Costs | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.thresholds = thresholds
+        self.costs = costs or Costs()
+        self.clock = clock
+        self.started = clock()
+        self._events: deque[_Event] = deque(maxlen=thresholds.max_events)
+        self._by_request: dict[str, tuple[_Event, str]] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self, request_id: str, route: str, cost: float, latency_ms: float, complexity: float, label: str
+    ) -> None:
+        event = _Event(self.clock(), route == "edge", cost, latency_ms, complexity)
+        with self._lock:
+            if len(self._events) == self._events.maxlen:
+                self._forget(self._events[0])
+            self._events.append(event)
+            self._by_request[request_id] = (event, label)
+
+    def feedback(self, request_id: str, true_label: str) -> bool | None:
+        """Mark a request right or wrong; None when the request is unknown (or left the window)."""
+        with self._lock:
+            known = self._by_request.get(request_id)
+            if known is None:
+                return None
+            event, predicted = known
+            event.correct = predicted == true_label
+            return event.correct
+
+    def _forget(self, event: _Event) -> None:
+        stale = [rid for rid, (e, _) in self._by_request.items() if e is event]
+        for rid in stale:
+            del self._by_request[rid]
+
+    def _window(self, now: float) -> list[_Event]:
+        start = now - self.thresholds.window_s
+        return [e for e in self._events if e.time >= start]
+
+    def report(self, extra_alerts: Iterable[str] = ()) -> dict[str, Any]:
+        """The health report: metrics, alerts, score, status, trends, recommendations, cost."""
+        settings = self.thresholds
+        now = self.clock()
+        with self._lock:
+            events = self._window(now)
+        metrics = _metrics(events)
+        alerts = [*self._alerts(metrics), *extra_alerts]
+        score = health_score(metrics["edge_share"], metrics["accuracy"], len(alerts))
+        span = max(min(now - self.started, settings.window_s), 1e-9)
+        rate_per_day = len(events) / span * 86_400
+        monthly_requests = rate_per_day * DAYS_PER_MONTH
+        return {
+            "score": score,
+            "status": status(score),
+            "window_s": settings.window_s,
+            "metrics": metrics,
+            "alerts": alerts,
+            "trends": self._trends(events, now),
+            "recommendations": recommendations(metrics, alerts),
+            "cost_estimate": {
+                "requests_per_day": rate_per_day,
+                "monthly_cost": (metrics["cost_per_query"] or 0.0) * monthly_requests,
+                "monthly_cloud_only_cost": self.costs.cloud * monthly_requests,
+            },
+            "thresholds": asdict(settings),
+        }
+
+    def _alerts(self, metrics: dict[str, Any]) -> list[str]:
+        t = self.thresholds
+        checks = (
+            ("edge_share", metrics["edge_share"], t.min_edge_share, True),
+            ("accuracy", metrics["accuracy"], t.min_accuracy, True),
+            ("cost_per_query", metrics["cost_per_query"], t.max_cost_per_query, False),
+            ("p95_latency_ms", metrics["p95_latency_ms"], t.max_p95_latency_ms, False),
+        )
+        alerts = []
+        for name, value, limit, at_least in checks:
+            if value is not None and (value < limit if at_least else value > limit):
+                alerts.append(f"{name} {value:.4g} {'below' if at_least else 'above'} {limit:g}")
+        return alerts
+
+    def _trends(self, events: list[_Event], now: float) -> dict[str, str]:
+        buckets = self.thresholds.trend_buckets
+        start = now - self.thresholds.window_s
+        edges = np.linspace(start, now, buckets + 1)
+        per_bucket = [_metrics([e for e in events if lo <= e.time < hi]) for lo, hi in pairwise(edges)]
+        return {
+            name: trend((m[name] for m in per_bucket), better, self.thresholds.trend_tolerance)
+            for name, better in _BETTER_WHEN.items()
+        }
+
+
+def recommendations(metrics: dict[str, Any], alerts: list[str]) -> list[str]:
+    """Plain-language next steps for what the metrics show."""
+    advice = []
+    if metrics["requests"] == 0:
+        return ["No traffic in the window yet: nothing to judge."]
+    if metrics["edge_share"] is not None and metrics["edge_share"] < 0.9:
+        advice.append(
+            "Fewer queries than expected stay on the edge: recalibrate the router on recent data "
+            "(the recalibrate-router deployment), or retrain if the traffic has drifted."
+        )
+    if metrics["accuracy"] is not None and metrics["accuracy"] < 0.9:
+        advice.append(
+            "Accuracy from feedback is low: retrain on recent labelled messages "
+            "(training-pipeline/on-demand) and check for new topics or labels."
+        )
+    if any(a.startswith("cost_per_query") for a in alerts):
+        advice.append("Cost per query is high: too many escalations; raise the edge share target.")
+    if any(a.startswith("p95_latency_ms") for a in alerts):
+        advice.append("Latency is high: check the cloud tier and the box's CPU; add edge replicas.")
+    if metrics["labelled"] == 0:
+        advice.append("No feedback in the window: send true labels to /v1/feedback to measure accuracy.")
+    return advice or ["All metrics within thresholds: nothing to do."]

@@ -1,0 +1,274 @@
+"""The router as an HTTP service (FastAPI): classify, feedback, health, Prometheus metrics.
+
+``edge`` role: the INT8 model answers and escalates to its cloud tier (the bundle's FP32 model
+in-process, or a cloud-role service over HTTP behind a circuit breaker). ``cloud`` role: the
+bundle's FP32 model answers every query; an edge-role service calls it for escalations.
+
+Every decision goes to the audit trail (a keyed hash of the text, never the text) and to the
+monitor; logs carry request ids and counts, never message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgeroute.audit import AuditLog
+from edgeroute.bundle import CLOUD_MODEL, Bundle
+from edgeroute.cloud import CircuitBreaker, GuardedCloud
+from edgeroute.monitor import Monitor
+from edgeroute.router import Decision, Router
+
+logger = logging.getLogger("edgeroute.server")
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    role: Literal["edge", "cloud"] = "edge"
+    model_version: str = "unknown"
+    max_text_chars: int = 4000
+    max_batch: int = 256
+    timeout_s: float = 10.0
+    api_key: str | None = None
+
+
+class ClassifyRequest(BaseModel):
+    """One text (``text``) or a batch (``texts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    texts: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ClassifyRequest:
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (one message) or 'texts' (a batch)")
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+class Result(BaseModel):
+    request_id: str
+    label: str
+    confidence: float
+    route: str
+    reason: str
+    cost: float
+    complexity: float
+
+
+class ClassifyResponse(BaseModel):
+    model_version: str
+    results: list[Result]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1, max_length=200)
+
+
+class CloudTier:
+    """The cloud role: the FP32 model answers everything, at the cloud's price."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def route(self, texts: Sequence[str]) -> list[Decision]:
+        answers = self.router.cloud.classify(texts)
+        cost = self.router.settings.costs.cloud
+        return [
+            Decision(
+                label=a.label, confidence=a.confidence, route="cloud", reason="cloud_service", cost=cost,
+                complexity=0.0, unfamiliar_share=0.0, edge_label=a.label, edge_confidence=a.confidence,
+            )
+            for a in answers
+        ]  # fmt: skip
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter(
+            "edgeroute_decisions",
+            "Routed queries by route and reason.",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "edgeroute_cost_dollars", "Dollars spent on routed queries.", registry=self.registry
+        )
+        self.cloud_errors = Counter(
+            "edgeroute_cloud_errors",
+            "Escalations answered on the edge because the cloud failed.",
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edgeroute_request_latency_seconds",
+            "Time to answer a classify request.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.edge_share = Gauge(
+            "edgeroute_edge_share", "Edge share over the monitor's window.", registry=self.registry
+        )
+        self.breaker = Gauge(
+            "edgeroute_cloud_breaker_state",
+            "Cloud circuit: 0 closed, 1 half-open, 2 open.",
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "edgeroute_feedback",
+            "Feedback received, by whether the answer was right.",
+            ["correct"],
+            registry=self.registry,
+        )
+
+
+def breaker_of(router: Router) -> CircuitBreaker | None:
+    return router.cloud.breaker if isinstance(router.cloud, GuardedCloud) else None
+
+
+def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: ServeSettings) -> FastAPI:
+    """The service around a loaded router; nothing is loaded per request."""
+    tier = router if settings.role == "edge" else CloudTier(router)
+    labels = set(router.labels)
+    metrics = Metrics()
+    breaker = breaker_of(router)
+
+    def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
+        if settings.api_key is not None and not (key and secrets.compare_digest(key, settings.api_key)):
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
+    app = FastAPI(title="edgeroute", version=settings.model_version)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(authorised)])
+    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+        texts = body.all_texts()
+        if not texts:
+            raise HTTPException(422, "texts: the batch is empty")
+        if len(texts) > settings.max_batch:
+            raise HTTPException(
+                413, f"texts: {len(texts)} texts in one request; at most {settings.max_batch}"
+            )
+        for i, text in enumerate(texts):
+            where = "text" if body.text is not None else f"texts[{i}]"
+            if len(text) > settings.max_text_chars:
+                raise HTTPException(
+                    413, f"{where}: {len(text)} characters; at most {settings.max_text_chars}"
+                )
+            if not text.strip():
+                raise HTTPException(422, f"{where}: empty text")
+        start = time.perf_counter()
+        try:
+            decisions = await asyncio.wait_for(run_in_threadpool(tier.route, texts), settings.timeout_s)
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
+        elapsed = time.perf_counter() - start
+        results = [
+            Result(
+                request_id=uuid.uuid4().hex,
+                **{k: getattr(d, k) for k in Result.model_fields if k != "request_id"},
+            )
+            for d in decisions
+        ]
+        audit.record(
+            r.model_dump() | {"model_version": settings.model_version, "text": text}
+            for r, text in zip(results, texts, strict=True)
+        )
+        for r in results:
+            monitor.record(r.request_id, r.route, r.cost, elapsed * 1000, r.complexity, r.label)
+            metrics.decisions.labels(r.route, r.reason).inc()
+            metrics.cost.inc(r.cost)
+            if r.reason == "cloud_error":
+                metrics.cloud_errors.inc()
+        metrics.latency.observe(elapsed)
+        logger.info("classified %d texts in %.1f ms (%s)", len(texts), elapsed * 1000, results[0].request_id)
+        return ClassifyResponse(model_version=settings.model_version, results=results)
+
+    @app.post("/v1/feedback", dependencies=[Depends(authorised)])
+    async def feedback(body: FeedbackRequest) -> dict:
+        if body.label not in labels:
+            raise HTTPException(422, f"label: {body.label!r} is not one of {sorted(labels)}")
+        if audit.decision(body.request_id) is None:
+            raise HTTPException(404, f"request_id: no decision {body.request_id!r} in the audit trail")
+        audit.feedback(body.request_id, body.label)
+        correct = monitor.feedback(body.request_id, body.label)
+        if correct is not None:
+            metrics.feedback.labels(str(correct).lower()).inc()
+        return {"request_id": body.request_id, "correct": correct}
+
+    @app.get("/v1/health", dependencies=[Depends(authorised)])
+    async def health() -> dict:
+        extra = [f"cloud circuit {breaker.state}"] if breaker and breaker.state != "closed" else []
+        return monitor.report(extra) | {"role": settings.role, "model_version": settings.model_version}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        report = monitor.report()
+        metrics.edge_share.set(report["metrics"]["edge_share"] or 0.0)
+        if breaker is not None:
+            metrics.breaker.set(BREAKER_STATES[breaker.state])
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        return {
+            "status": "ready",
+            "role": settings.role,
+            "model_version": settings.model_version,
+            "cloud": None if breaker is None else breaker.state,
+        }
+
+    return app
+
+
+def model_version(bundle: Bundle, registered: str | None = None) -> str:
+    """What the service reports as its model: the registry version, else the training run."""
+    return registered or str(bundle.manifest["lineage"].get("mlflow_run_id") or bundle.path.name)
+
+
+def edge_cloud_router(
+    bundle: Bundle, role: str, cloud_url: str | None, breaker: CircuitBreaker, **http
+) -> Router:
+    """The bundle's router for ``role``: escalations to ``cloud_url`` when given, else in-process."""
+    from edgeroute.cloud import HttpCloud, LocalCloud
+
+    local = LocalCloud(bundle.classifier(CLOUD_MODEL))
+    if role == "cloud":
+        return bundle.router(local)
+    return bundle.router(GuardedCloud(HttpCloud(cloud_url, **http) if cloud_url else local, breaker))

@@ -1,0 +1,86 @@
+"""Real services for tests: uvicorn in a thread, `edgeroute serve` as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from edgeroute.audit import AuditLog
+from edgeroute.bundle import load_bundle
+from edgeroute.cloud import CircuitBreaker
+from edgeroute.monitor import Monitor, Thresholds
+from edgeroute.server import ServeSettings, create_app, edge_cloud_router
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, timeout_s: float = 60, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+class Service:
+    """An app on a real uvicorn server in a thread of this process."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_ready(self.url)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def cloud_process(bundle: Path, port: int, tmp_path: Path) -> subprocess.Popen:
+    """`edgeroute serve --role cloud`, as an operator starts it."""
+    process = subprocess.Popen(
+        [str(BIN / "edgeroute"), "serve", "--bundle", str(bundle), "--role", "cloud", "--port", str(port),
+         "--audit", str(tmp_path / "cloud-audit.db")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    wait_ready(f"http://127.0.0.1:{port}", process=process)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def edge_service(bundle_path: Path, tmp_path: Path, cloud_url: str | None = None, breaker=None, **settings):
+    bundle = load_bundle(bundle_path)
+    breaker = breaker or CircuitBreaker()
+    router = edge_cloud_router(bundle, "edge", cloud_url, breaker, timeout_s=1.0, retries=0)
+    audit = AuditLog(tmp_path / "audit.db")
+    monitor = Monitor(Thresholds(), router.settings.costs)
+    app = create_app(router, audit, monitor, ServeSettings(model_version="test/1", **settings))
+    return Service(app), audit

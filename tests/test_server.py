@@ -1,0 +1,168 @@
+"""The HTTP service: real uvicorn on 127.0.0.1, real requests, a cloud-role service as a process."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from edgeroute.audit import AuditLog
+from edgeroute.cloud import CircuitBreaker
+from tests.services import cloud_process, edge_service, free_port, stop
+
+SECRET_TEXT = "my card 4111 1111 1111 1111 was charged twice, mail ben.482@example.com"
+
+
+@pytest.fixture
+def service(tiny_bundle, tmp_path):
+    running, audit = edge_service(tiny_bundle, tmp_path, max_text_chars=200, max_batch=8)
+    yield running
+    running.stop()
+    audit.close()
+
+
+@pytest.fixture(scope="module")
+def texts(tiny_prepared):
+    return tiny_prepared[1].frame("test")[["text", "label"]].head(8)
+
+
+def test_classify_one_text_or_a_batch(service, texts):
+    one = httpx.post(f"{service.url}/v1/classify", json={"text": "where is my parcel"})
+    assert one.status_code == 200
+    body = one.json()
+    assert body["model_version"] == "test/1" and len(body["results"]) == 1
+    result = body["results"][0]
+    assert result["route"] in {"edge", "cloud"} and result["reason"] and result["cost"] > 0
+    batch = httpx.post(f"{service.url}/v1/classify", json={"texts": texts["text"].tolist()}).json()["results"]
+    assert len(batch) == 8 and len({r["request_id"] for r in batch}) == 8
+    assert {r["label"] for r in batch} <= {"negative", "neutral", "positive"}
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        ({"texts": ["fine", "x" * 201]}, 413, "texts[1]: 201 characters"),
+        ({"texts": ["hello"] * 9}, 413, "9 texts"),
+        ({"text": "   "}, 422, "text: empty text"),
+        ({"texts": []}, 422, "the batch is empty"),
+        ({"text": "a", "texts": ["b"]}, 422, "exactly one of 'text'"),
+        ({"texts": "not a list"}, 422, "texts"),
+        ({"text": 5}, 422, "text"),
+        ({"txt": "typo"}, 422, "txt"),
+    ],
+)
+def test_bad_requests_get_a_clear_4xx(service, payload, status, message):
+    response = httpx.post(f"{service.url}/v1/classify", json=payload)
+    assert response.status_code == status
+    assert message in str(response.json()["detail"])
+
+
+def test_an_api_key_guards_the_api_but_not_the_probes(tiny_bundle, tmp_path):
+    running, audit = edge_service(tiny_bundle, tmp_path, api_key="s3cret")
+    try:
+        assert httpx.post(f"{running.url}/v1/classify", json={"text": "hi"}).status_code == 401
+        wrong = httpx.post(f"{running.url}/v1/classify", json={"text": "hi"}, headers={"X-API-Key": "nope"})
+        assert wrong.status_code == 401 and "X-API-Key" in wrong.json()["detail"]
+        right = httpx.post(f"{running.url}/v1/classify", json={"text": "hi"}, headers={"X-API-Key": "s3cret"})
+        assert right.status_code == 200
+        assert httpx.get(f"{running.url}/v1/health").status_code == 401
+        assert httpx.get(f"{running.url}/healthz").status_code == 200
+        assert httpx.get(f"{running.url}/readyz").status_code == 200
+    finally:
+        running.stop()
+        audit.close()
+
+
+def test_feedback_moves_accuracy_in_the_health_report(service, texts):
+    results = httpx.post(f"{service.url}/v1/classify", json={"texts": texts["text"].tolist()}).json()[
+        "results"
+    ]
+    for result in results:
+        response = httpx.post(
+            f"{service.url}/v1/feedback", json={"request_id": result["request_id"], "label": result["label"]}
+        )
+        assert response.status_code == 200 and response.json()["correct"] is True
+    health = httpx.get(f"{service.url}/v1/health").json()
+    assert health["metrics"]["accuracy"] == 1.0 and health["metrics"]["labelled"] == 8
+
+    more = httpx.post(f"{service.url}/v1/classify", json={"texts": texts["text"].tolist()}).json()["results"]
+    for result in more:
+        wrong = next(label for label in ("negative", "neutral", "positive") if label != result["label"])
+        httpx.post(f"{service.url}/v1/feedback", json={"request_id": result["request_id"], "label": wrong})
+    health = httpx.get(f"{service.url}/v1/health").json()
+    assert health["metrics"]["accuracy"] == 0.5
+    assert "accuracy 0.5 below 0.85" in health["alerts"] and health["score"] <= 100 - 15 - 30 - 5
+
+    unknown = httpx.post(f"{service.url}/v1/feedback", json={"request_id": "nope", "label": "positive"})
+    assert unknown.status_code == 404 and "no decision 'nope'" in unknown.json()["detail"]
+    bad = httpx.post(
+        f"{service.url}/v1/feedback", json={"request_id": more[0]["request_id"], "label": "happy"}
+    )
+    assert bad.status_code == 422 and "'happy' is not one of" in bad.json()["detail"]
+
+
+def test_the_audit_trail_holds_no_text_and_cannot_be_changed(service, tmp_path):
+    result = httpx.post(f"{service.url}/v1/classify", json={"text": SECRET_TEXT}).json()["results"][0]
+    database = tmp_path / "audit.db"
+    with sqlite3.connect(database) as db:
+        row = db.execute("SELECT * FROM decisions WHERE request_id = ?", (result["request_id"],)).fetchone()
+        assert row is not None and row[3] == result["route"]
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE decisions SET route = 'edge'")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM decisions")
+    assert row[-1] == AuditLog(database).text_hash(SECRET_TEXT)
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*") if not p.name.endswith(".key"))
+    for fragment in (b"4111", b"ben.482", b"charged twice"):
+        assert fragment not in stored
+
+
+def test_prometheus_metrics_count_routes_and_reasons(service, texts):
+    results = httpx.post(f"{service.url}/v1/classify", json={"texts": texts["text"].tolist()}).json()[
+        "results"
+    ]
+    metrics = httpx.get(f"{service.url}/metrics").text
+    edge = sum(r["route"] == "edge" for r in results)
+    edge_lines = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeroute_decisions_total{") and 'route="edge"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in edge_lines) == edge
+    assert "edgeroute_request_latency_seconds_bucket" in metrics
+    assert f"edgeroute_edge_share {edge / len(results)}" in metrics
+
+
+def test_a_cloud_service_stopped_mid_run_opens_the_breaker_which_closes_when_it_is_back(
+    escalating_bundle, tmp_path, texts
+):
+    port = free_port()
+    cloud = cloud_process(escalating_bundle, port, tmp_path)
+    breaker = CircuitBreaker(failure_threshold=2, reset_after_s=1.0)
+    edge, audit = edge_service(escalating_bundle, tmp_path, f"http://127.0.0.1:{port}", breaker)
+    batch = {"texts": texts["text"].tolist()}
+    try:
+        first = httpx.post(f"{edge.url}/v1/classify", json=batch).json()["results"]
+        assert {r["route"] for r in first} == {"cloud"}
+
+        stop(cloud)
+        for _ in range(3):
+            answered = httpx.post(f"{edge.url}/v1/classify", json=batch)
+            assert answered.status_code == 200
+            assert {r["route"] for r in answered.json()["results"]} == {"edge"}
+            assert "cloud_error" in {r["reason"] for r in answered.json()["results"]}
+        assert httpx.get(f"{edge.url}/readyz").json()["cloud"] == "open"
+        assert "edgeroute_cloud_breaker_state 2.0" in httpx.get(f"{edge.url}/metrics").text
+        assert "cloud circuit open" in httpx.get(f"{edge.url}/v1/health").json()["alerts"]
+
+        cloud = cloud_process(escalating_bundle, port, tmp_path)
+        time.sleep(1.1)  # past the reset time: the next escalation is the probe
+        back = httpx.post(f"{edge.url}/v1/classify", json=batch).json()["results"]
+        assert {r["route"] for r in back} == {"cloud"}
+        assert httpx.get(f"{edge.url}/readyz").json()["cloud"] == "closed"
+    finally:
+        edge.stop()
+        audit.close()
+        stop(cloud)
