@@ -69,6 +69,9 @@ class AuditLog:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL sync: a crash of the service loses nothing; only a power cut can lose
+        # the last commits. FULL would fsync every request.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         for table in ("decisions", "feedback"):
