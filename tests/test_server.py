@@ -166,3 +166,22 @@ def test_a_cloud_service_stopped_mid_run_opens_the_breaker_which_closes_when_it_
         edge.stop()
         audit.close()
         stop(cloud)
+
+
+def test_a_request_over_its_time_budget_gets_504(tiny_bundle, tmp_path):
+    running, audit = edge_service(tiny_bundle, tmp_path, timeout_s=1e-6)
+    try:
+        response = httpx.post(f"{running.url}/v1/classify", json={"text": "where is my parcel"})
+        assert response.status_code == 504 and "no answer within" in response.json()["detail"]
+    finally:
+        running.stop()
+        audit.close()
+
+
+def test_logs_carry_request_ids_never_text(service, caplog):
+    with caplog.at_level("DEBUG"):
+        result = httpx.post(f"{service.url}/v1/classify", json={"text": SECRET_TEXT}).json()["results"][0]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert result["request_id"] in logged
+    for fragment in ("4111", "ben.482", "charged twice"):
+        assert fragment not in logged
