@@ -40,6 +40,7 @@ class Thresholds:
 
 @dataclass
 class _Event:
+    request_id: str
     time: float
     edge: bool
     cost: float
@@ -125,10 +126,10 @@ class Monitor:
     def record(
         self, request_id: str, route: str, cost: float, latency_ms: float, complexity: float, label: str
     ) -> None:
-        event = _Event(self.clock(), route == "edge", cost, latency_ms, complexity)
+        event = _Event(request_id, self.clock(), route == "edge", cost, latency_ms, complexity)
         with self._lock:
             if len(self._events) == self._events.maxlen:
-                self._forget(self._events[0])
+                self._by_request.pop(self._events[0].request_id, None)
             self._events.append(event)
             self._by_request[request_id] = (event, label)
 
@@ -141,11 +142,6 @@ class Monitor:
             event, predicted = known
             event.correct = predicted == true_label
             return event.correct
-
-    def _forget(self, event: _Event) -> None:
-        stale = [rid for rid, (e, _) in self._by_request.items() if e is event]
-        for rid in stale:
-            del self._by_request[rid]
 
     def _window(self, now: float) -> list[_Event]:
         start = now - self.thresholds.window_s

@@ -106,3 +106,12 @@ def test_the_cost_estimate_extrapolates_the_request_rate_to_a_month():
     assert estimate["requests_per_day"] == pytest.approx(86_400, rel=0.01)
     assert estimate["monthly_cost"] == pytest.approx(0.001 * 86_400 * 30, rel=0.01)
     assert estimate["monthly_cloud_only_cost"] == pytest.approx(0.0136 * 86_400 * 30, rel=0.01)
+
+
+def test_the_monitor_keeps_at_most_max_events():
+    monitor = Monitor(Thresholds(max_events=5), Costs(), Clock())
+    for i in range(10):
+        monitor.record(f"r{i}", "edge", 0.001, 1.0, 0.1, "positive")
+    assert monitor.report()["metrics"]["requests"] == 5
+    assert monitor.feedback("r0", "positive") is None
+    assert monitor.feedback("r9", "positive") is True
