@@ -229,10 +229,15 @@ def metrics_callback(run_id: str | None, stage: str, epoch_offset: int = 0, perp
             }
             if perplexity and "val_loss" in metrics:
                 metrics["val_perplexity"] = math.exp(metrics["val_loss"])
-            if run_id:
-                tracking.log_metrics(run_id, metrics, step=epoch)
-            if args.disable_tqdm:
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-                print(f"[{stage}] epoch {epoch}: {shown}", flush=True)
+            report_epoch(run_id, stage, epoch, metrics, show=args.disable_tqdm)
 
     return MetricsCallback()
+
+
+def report_epoch(run_id: str | None, stage: str, epoch: int, metrics: dict[str, float], show: bool) -> None:
+    """One epoch's metrics to the stage's MLflow run and, with ``show``, as a plain line on stdout."""
+    if run_id:
+        tracking.log_metrics(run_id, metrics, step=epoch)
+    if show:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        print(f"[{stage}] epoch {epoch}: {shown}", flush=True)
