@@ -81,7 +81,8 @@ def test_a_bundle_is_never_overwritten(bundle_dir, tiny_compressed):
 def test_the_runtime_imports_no_training_stack():
     code = (
         "import sys, edgeroute.bundle, edgeroute.model, edgeroute.config, edgeroute.cli, edgeroute.files;"
-        "print(sorted({'torch', 'transformers', 'prefect', 'mlflow', 'pandas'} & set(sys.modules)))"
+        "stack = {'torch', 'tensorflow', 'transformers', 'prefect', 'mlflow', 'pandas'};"
+        "print(sorted(stack & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
