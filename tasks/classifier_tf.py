@@ -27,15 +27,26 @@ from tasks.classifier import (
 )
 from tasks.data import PreparedData
 
+NEEDS_TENSORFLOW = (
+    "classifier.backend=tensorflow needs TensorFlow and tf-keras: install the 'tensorflow' extra "
+    "(pip install -e '.[train,tensorflow]'), and leave USE_TF unset"
+)
+
 
 def keras_module():
     """tf-keras (Keras 2), the Keras that transformers' TF classes are built on."""
-    # TensorFlow reads these when it is first imported: tf.keras must stay Keras 2, and a machine
-    # without CUDA should not log its search for it.
+    # TensorFlow reads these when it is first imported: tf.keras must stay Keras 2, and its
+    # informational start-up lines stay out of the training log.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tf_keras
+    from transformers.utils import is_tf_available
 
+    try:
+        import tf_keras
+    except ModuleNotFoundError as missing:
+        raise RuntimeError(NEEDS_TENSORFLOW) from missing
+    if not is_tf_available():  # USE_TF=0 or USE_TORCH=1 hide TensorFlow from transformers
+        raise RuntimeError(NEEDS_TENSORFLOW)
     return tf_keras
 
 

@@ -77,6 +77,12 @@ def test_the_backend_setting_picks_the_keras_stage(tmp_path, tiny_prepared, monk
     )
 
 
+def test_without_tensorflow_in_transformers_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setattr("transformers.utils.import_utils._tf_available", False)
+    with pytest.raises(RuntimeError, match=r"install the 'tensorflow' extra"):
+        classifier_tf.keras_module()
+
+
 def test_keras_learns_and_reports_what_the_pytorch_backend_reports(keras_run, tiny_prepared, tiny_classifier):
     _, data = tiny_prepared
     metrics, output = keras_run["metrics"], keras_run["output"]
