@@ -214,11 +214,11 @@ def cache_key(config: PipelineConfig, data: PreparedData, init: trainer.Checkpoi
         config.classifier.model_dump(mode="json"),
         config.seed,
         str(config.work_dir.resolve()),
-        trainer.code_digest(*_code(config)),
+        trainer.code_digest(*code_modules(config)),
     )
 
 
-def _code(config: PipelineConfig) -> list[ModuleType]:
+def code_modules(config: PipelineConfig) -> list[ModuleType]:
     """The modules whose source decides the classifier this config trains."""
     modules = [sys.modules[__name__], trainer]
     if config.classifier.backend == "tensorflow":
