@@ -12,6 +12,9 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+# transformers 4.57 supports Keras 2 only: tf.keras must be the tf-keras package, not Keras 3.
+export TF_USE_LEGACY_KERAS ?= 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: install demo train test test-slow lint format mlflow-ui prefect-server worker deploy clean
 
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, from this machine's local wheel; the rest from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev,tensorflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

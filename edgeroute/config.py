@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PRESETS_ENV = "EDGEROUTE_PRESETS_DIR"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +97,11 @@ class ClassifierConfig(_Frozen):
     ``head_learning_rate`` with linear warm-up over ``warmup_ratio`` of its steps. Stage 2
     fine-tunes everything at ``learning_rate`` for at most ``epochs``, reducing the rate by
     ``plateau_factor`` when validation macro-F1 stalls, stopping after ``patience`` epochs
-    without improvement and keeping the best epoch.
+    without improvement and keeping the best epoch. ``backend`` picks the framework that trains
+    (PyTorch's Trainer or Keras); both save the same PyTorch checkpoint.
     """
+
+    backend: Literal["torch", "tensorflow"] = "torch"
 
     head_epochs: int = Field(1, ge=0)
     head_learning_rate: float = Field(3e-5, gt=0)
@@ -203,6 +214,18 @@ class PipelineConfig(_Frozen):
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+
+    @field_validator("compute")
+    @classmethod
+    def _one_process_for_keras(cls, compute: ComputeConfig, info: ValidationInfo) -> ComputeConfig:
+        classifier = info.data.get("classifier")  # absent when it failed its own validation
+        if compute.nproc_per_node > 1 and classifier is not None and classifier.backend == "tensorflow":
+            raise ValueError(
+                f"nproc_per_node={compute.nproc_per_node} runs training under torchrun, which "
+                "classifier.backend=tensorflow does not support: set compute.nproc_per_node=1 "
+                "or classifier.backend=torch"
+            )
+        return compute
 
 
 def preset_dirs() -> list[Path]:

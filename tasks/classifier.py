@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -81,10 +83,66 @@ def warm_up_head(model, config: PipelineConfig, output: Path, run_id: str | None
     model.base_model.requires_grad_(True)
 
 
+def label_mapping(labels: list[str]) -> dict:
+    """``from_pretrained`` arguments that give a new classification head these label names."""
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def encode_splits(tokenizer, data: PreparedData, max_length: int) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The train, validation and test frames, and each as unpadded token ids with label ids."""
+    label_ids = {label: i for i, label in enumerate(data.labels)}
+    splits = {name: data.frame(name) for name in ("train", "validation", "test")}
+    encoded = {
+        name: trainer.tokenize(tokenizer, frame["text"], max_length, frame["label"].map(label_ids))
+        for name, frame in splits.items()
+    }
+    return splits, encoded
+
+
+def final_metrics(
+    data: PreparedData,
+    splits: dict[str, pd.DataFrame],
+    predict: Callable[[str], tuple[np.ndarray, np.ndarray]],
+    output: Path,
+    main_process: bool = True,
+) -> dict[str, float]:
+    """Validation and test scores of the kept model, the test confusion matrix, the TF-IDF bar.
+
+    ``predict(split)`` gives the true and the predicted label ids of that split.
+    """
+    results: dict[str, float] = {}
+    for name in ("validation", "test"):
+        truth, predicted = predict(name)
+        results |= {f"{name}_{k}": v for k, v in classification_metrics(truth, predicted).items()}
+        if name == "test" and main_process:
+            output.mkdir(parents=True, exist_ok=True)
+            save_confusion_matrix(data.labels, truth, predicted, output / "confusion_matrix.png")
+    return results | {
+        f"baseline_tfidf_test_{k}": v for k, v in tfidf_baseline(splits["train"], splits["test"]).items()
+    }
+
+
+def save_labels(labels: list[str], output: Path) -> None:
+    (output / "labels.json").write_text(json.dumps(labels, indent=2), encoding="utf-8")
+
+
 def fine_tune(
     config: PipelineConfig, data: PreparedData, init: str, output: Path, run_id: str | None
 ) -> dict[str, float]:
-    """Train a sequence classifier from ``init`` in two stages; save the best with its label names."""
+    """Train a sequence classifier from ``init`` in two stages; save the best with its label names.
+
+    With ``classifier.backend=tensorflow`` Keras trains it (`tasks.classifier_tf`); either way
+    ``output`` receives the same PyTorch checkpoint.
+    """
+    if config.classifier.backend == "tensorflow":
+        from tasks import classifier_tf  # imports TensorFlow: only when it is asked for
+
+        return classifier_tf.fine_tune(config, data, init, output, run_id)
+
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -95,21 +153,9 @@ def fine_tune(
 
     settings = config.classifier
     set_seed(config.seed)  # the new head is initialised from the global generator
-    label_ids = {label: i for i, label in enumerate(data.labels)}
     tokenizer = AutoTokenizer.from_pretrained(init)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        init,
-        num_labels=len(data.labels),
-        id2label=dict(enumerate(data.labels)),
-        label2id=label_ids,
-    )
-    splits = {name: data.frame(name) for name in ("train", "validation", "test")}
-    encoded = {
-        name: trainer.tokenize(
-            tokenizer, frame["text"], config.model.max_length, frame["label"].map(label_ids)
-        )
-        for name, frame in splits.items()
-    }
+    model = AutoModelForSequenceClassification.from_pretrained(init, **label_mapping(data.labels))
+    splits, encoded = encode_splits(tokenizer, data, config.model.max_length)
     common = {
         "train_dataset": encoded["train"],
         "eval_dataset": encoded["validation"],
@@ -145,21 +191,16 @@ def fine_tune(
     )
     full.train()
 
-    results: dict[str, float] = {"epochs_trained": float(full.state.epoch or 0)}
-    for name in ("validation", "test"):
+    def predict(name: str) -> tuple[np.ndarray, np.ndarray]:
         # Evaluation batches are grouped by length too: take the labels in prediction order.
         prediction = full.predict(encoded[name])
-        predicted, truth = prediction.predictions.argmax(-1), prediction.label_ids
-        results |= {f"{name}_{k}": v for k, v in classification_metrics(truth, predicted).items()}
-        if name == "test" and full.is_world_process_zero():
-            output.mkdir(parents=True, exist_ok=True)
-            save_confusion_matrix(data.labels, truth, predicted, output / "confusion_matrix.png")
-    results |= {
-        f"baseline_tfidf_test_{k}": v for k, v in tfidf_baseline(splits["train"], splits["test"]).items()
-    }
+        return prediction.label_ids, prediction.predictions.argmax(-1)
+
+    results = {"epochs_trained": float(full.state.epoch or 0)}
+    results |= final_metrics(data, splits, predict, output, full.is_world_process_zero())
     trainer.save_checkpoint(full, model, tokenizer, output)
     if full.is_world_process_zero():
-        (output / "labels.json").write_text(json.dumps(data.labels, indent=2), encoding="utf-8")
+        save_labels(data.labels, output)
     return results
 
 
@@ -173,8 +214,18 @@ def cache_key(config: PipelineConfig, data: PreparedData, init: trainer.Checkpoi
         config.classifier.model_dump(mode="json"),
         config.seed,
         str(config.work_dir.resolve()),
-        trainer.code_digest(sys.modules[__name__], trainer),
+        trainer.code_digest(*code_modules(config)),
     )
+
+
+def code_modules(config: PipelineConfig) -> list[ModuleType]:
+    """The modules whose source decides the classifier this config trains."""
+    modules = [sys.modules[__name__], trainer]
+    if config.classifier.backend == "tensorflow":
+        from tasks import classifier_tf  # its import does not load TensorFlow
+
+        modules.append(classifier_tf)
+    return modules
 
 
 def _task_cache_key(context, parameters) -> str:

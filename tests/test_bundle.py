@@ -92,7 +92,7 @@ def test_the_runtime_imports_no_training_stack(tiny_bundle):
         "for m in pkgutil.iter_modules(edgeroute.__path__, 'edgeroute.'): importlib.import_module(m.name)\n"
         "from edgeroute.bundle import load_bundle\n"
         f"load_bundle(pathlib.Path({str(tiny_bundle)!r})).router().route(['where is my parcel'])\n"
-        "heavy = {'torch', 'transformers', 'prefect', 'mlflow', 'pandas', 'sklearn'}\n"
+        "heavy = {'torch', 'tensorflow', 'transformers', 'prefect', 'mlflow', 'pandas', 'sklearn'}\n"
         "print(sorted(heavy & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

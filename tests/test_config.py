@@ -33,6 +33,7 @@ def test_defaults_are_the_reference_recipe():
     )
     assert config.model.max_length == 128
     assert (config.classifier.head_epochs, config.classifier.patience) == (1, 2)
+    assert config.classifier.backend == "torch"
     assert config.classifier.learning_rate < config.classifier.head_learning_rate
 
 
@@ -88,6 +89,15 @@ def test_yaml_round_trip(tmp_path):
         (
             ["classifier.learning_rate=1e-2"],
             r"classifier: Value error, learning_rate \(full fine-tuning\) must not exceed head_learning_rate",
+        ),
+        (
+            ["classifier.backend=keras"],
+            r"classifier\.backend: Input should be 'torch' or 'tensorflow' \(got 'keras'\)",
+        ),
+        (
+            ["classifier.backend=tensorflow", "compute.nproc_per_node=2"],
+            r"compute: Value error, nproc_per_node=2 runs training under torchrun, which "
+            r"classifier\.backend=tensorflow does not support",
         ),
     ],
 )
