@@ -47,7 +47,8 @@ def test_train_with_missing_data_exits_1_with_the_reason(tmp_path, prefect_harne
 def test_python_m_flows_training_runs_the_flow(tmp_path, prefect_harness):
     done = _run([sys.executable, "-m", "flows.training", "--preset", "tiny"], tmp_path, prefect_harness)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = done.stdout.split("training-pipeline finished\n", 1)[1]
+    assert "# Training run `edgeroute-tiny-" in done.stdout and "## Registry" in done.stdout
+    summary = done.stdout.split("\nOutputs\n", 1)[1]
     lines = dict(line.split(None, 1) for line in summary.splitlines() if line.startswith("  "))
     data_dir = Path(lines["data_dir"])
     assert data_dir.parent == tmp_path / "work" / "data"

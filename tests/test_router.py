@@ -49,6 +49,11 @@ class Capturing:
         return self.cloud.classify(texts)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that timed out hangs up mid-answer: expected here, not worth a traceback."""
+
+
 class CloudService:
     """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
 
@@ -80,7 +85,7 @@ class CloudService:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
