@@ -8,7 +8,8 @@ threads (keep-alive connections), then stops everything it started. Two scenario
 
 - ``edge_only``: an edge service whose router never escalates (the bundle with its thresholds
   opened), so every answer comes from the INT8 model;
-- ``with_escalations``: the bundle's calibrated router, escalating to a cloud-role service.
+- ``with_escalations``: the bundle's router with its minimum confidence set so that
+  ``--escalate`` of the messages (default 10 %) go to a cloud-role service over HTTP.
 
 The baseline, measured in the same run, is the same router called in-process without HTTP:
 the ratios say what the HTTP layer costs. Messages are the bundle's test split when its data
@@ -136,6 +137,14 @@ def in_process(bundle: Path, texts: list[str], requests: int) -> dict:
             "p95_ms": round(float(p95), 2)}  # fmt: skip
 
 
+def with_settings(source, settings, directory: Path) -> Path:
+    """The source bundle with other router settings."""
+    directory.mkdir()
+    (directory / "router.json").write_text(settings.to_json())
+    return derive_bundle(source, directory / "bundle", replace={ROUTER: directory / "router.json"},
+                         metrics={}, lineage={})  # fmt: skip
+
+
 def messages(bundle: Path) -> list[str]:
     data_dir = Path(load_bundle(bundle).manifest["lineage"].get("data_dir", ""))
     if (data_dir / "test.parquet").is_file():
@@ -153,6 +162,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, at most, per scenario")
+    parser.add_argument("--escalate", type=float, default=0.1, help="share of messages sent to the cloud")
     args = parser.parse_args()
     texts = messages(args.bundle)
     report: dict = {
@@ -167,23 +177,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         source = load_bundle(args.bundle)
-        opened = workdir / "router.json"
-        opened.write_text(replace(source.router_settings(), min_confidence=0.0, max_complexity=1.0,
-                                  max_unfamiliar_share=1.0).to_json())  # fmt: skip
-        edge_only = derive_bundle(
-            source, workdir / "edge-only", replace={ROUTER: opened}, metrics={}, lineage={}
+        settings = replace(source.router_settings(), max_complexity=1.0, max_unfamiliar_share=1.0)
+        confidence = source.router().features(texts).confidence
+        edge_only = with_settings(source, replace(settings, min_confidence=0.0), workdir / "edge-only")
+        threshold = float(np.quantile(confidence, args.escalate))
+        escalating = with_settings(
+            source, replace(settings, min_confidence=threshold), workdir / "escalating"
         )
         report["baseline_in_process"] = {
             "edge_only": in_process(edge_only, texts, args.requests),
-            "with_escalations": in_process(args.bundle, texts, args.requests),
+            "with_escalations": in_process(escalating, texts, args.requests),
         }
         edge, url = start(edge_only, "edge", workdir)
         try:
             report["edge_only"] = load(url, texts, args.requests, args.concurrency, args.duration)
         finally:
             stop(edge)
-        cloud, cloud_url = start(args.bundle, "cloud", workdir)
-        edge, url = start(args.bundle, "edge", workdir, cloud_url)
+        cloud, cloud_url = start(escalating, "cloud", workdir)
+        edge, url = start(escalating, "edge", workdir, cloud_url)
         try:
             report["with_escalations"] = load(url, texts, args.requests, args.concurrency, args.duration)
         finally:
