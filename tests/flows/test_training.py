@@ -103,16 +103,17 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
         "class_counts.json",
     }
 
+    this_run = FlowRunFilter(id=FlowRunFilterId(any_=[parent.data.tags["prefect.flow_run_id"]]))
     with get_client(sync_client=True) as prefect:
-        artifacts = prefect.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary"]))
+        (data_summary,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary"])),
+            flow_run_filter=this_run,
         )
-    assert artifacts and result["data_digest"][:16] in artifacts[0].description
-    with get_client(sync_client=True) as prefect:
         (summary,) = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-summary"])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent.data.tags["prefect.flow_run_id"]])),
+            flow_run_filter=this_run,
         )
+    assert result["data_digest"][:16] in data_summary.description
     assert summary.data == result["summary"]
     assert f"{result['router_edge_share']}** |" in summary.data and "promoted to champion" in summary.data
 
