@@ -85,10 +85,15 @@ def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | 
     if model is None:
         return bundle, None
     try:
+        from mlflow.exceptions import MlflowException
+
         from tasks.registry import download_bundle, resolve_version
     except ImportError as exc:
         raise _fail(f"--model needs the 'train' extra (MLflow): {exc}", 2) from None
-    return download_bundle(model), resolve_version(model)
+    try:
+        return download_bundle(model), resolve_version(model)
+    except MlflowException as exc:
+        raise _fail(f"--model {model}: {exc.message}", 2) from None
 
 
 def open_router(bundle: Path | None, model: str | None, cloud_url: str | None):

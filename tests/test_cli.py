@@ -126,3 +126,9 @@ def test_simulate_projects_the_monthly_split_and_cost(tmp_path, tiny_bundle, tin
     wrong = _run(args, tmp_path)
     assert wrong.returncode == 1
     assert "tickets.csv: column 'text' not found; columns are: message, truth" in wrong.stderr
+
+
+def test_classify_with_an_unknown_registered_model_exits_2(tmp_path):
+    done = _run([str(BIN / "edgeroute"), "classify", "--model", "models:/nope@champion", "hello"], tmp_path)
+    assert done.returncode == 2
+    assert "error: --model models:/nope@champion:" in done.stderr and "Traceback" not in done.stderr
