@@ -209,22 +209,14 @@ def _read_messages(
 ) -> tuple[list[str], list[str] | None]:
     """Texts (and labels) from a user's table, with errors that name the file, row and column."""
     try:
-        from tasks.data import DataValidationError, read_table
+        from tasks.data import DataValidationError, read_messages
     except ImportError as exc:
         raise _fail(f"reading tables needs the 'train' extra (pandas): {exc}", 2) from None
     try:
-        frame = read_table(path)
+        frame = read_messages(path, text_column, label_column)
     except DataValidationError as exc:
         raise _fail(str(exc), 1) from None
-    for column in filter(None, (text_column, label_column)):
-        if column not in frame.columns:
-            raise _fail(f"{path}: column {column!r} not found; columns are: {', '.join(frame.columns)}", 1)
     texts = frame[text_column].tolist()
-    bad = [i + 1 for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise _fail(f"{path}: row {bad[0]}, column {text_column!r}: empty or not text ({len(bad)} rows)", 1)
-    if not texts:
-        raise _fail(f"{path}: no messages", 1)
     labels = frame[label_column].astype(str).tolist() if label_column else None
     return texts, labels
 

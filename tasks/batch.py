@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from edgeroute.bundle import load_bundle
 from edgeroute.router import Costs, Decision, Router, project, summarize
-from tasks.data import DataValidationError, read_table
+from tasks.data import read_messages
 
 DECISION_COLUMNS = tuple(f for f in Decision.__dataclass_fields__)
 CHUNK = 512
@@ -25,15 +25,7 @@ CHUNK = 512
 
 def write_partitions(source: Path, text_column: str, rows_per_partition: int, directory: Path) -> list[Path]:
     """Validate the text column and cut the table into Parquet partitions of (row, text)."""
-    frame = read_table(source)
-    if text_column not in frame.columns:
-        raise DataValidationError(
-            f"{source}: column {text_column!r} not found; columns are: {', '.join(map(str, frame.columns))}"
-        )
-    texts = frame[text_column]
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise DataValidationError(f"{source}: row {bad[0] + 1}, column {text_column!r}: empty or not text")
+    texts = read_messages(source, text_column)[text_column]
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, start in enumerate(range(0, len(texts), rows_per_partition)):

@@ -308,3 +308,19 @@ def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
         f"{len(prepared.labels)} classes, {prepared.duplicates_removed} duplicates removed.",
     )
     return prepared
+
+
+def read_messages(path: Path, text_column: str, label_column: str | None = None) -> pd.DataFrame:
+    """A table of messages to route: the text (and label) columns present, every text non-empty."""
+    frame = read_table(path)
+    for column in filter(None, (text_column, label_column)):
+        if column not in frame.columns:
+            raise DataValidationError(
+                f"{path}: column {column!r} not found; columns are: {', '.join(map(str, frame.columns))}"
+            )
+    bad = [i for i, t in enumerate(frame[text_column]) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise DataValidationError(f"{path}: {_rows(bad)}, column {text_column!r}: empty or not text")
+    if frame.empty:
+        raise DataValidationError(f"{path}: no messages")
+    return frame
