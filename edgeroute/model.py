@@ -14,6 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+# ORT fusions whose fused CPU kernels are slower than the ops they replace (``bench/graph.py``).
+SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
+
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = logits / temperature
@@ -47,7 +50,12 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(SLOW_FUSIONS),
+        )
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer = tokenizer
         self.labels = list(labels)

@@ -19,9 +19,9 @@ from tasks.data import PreparedData
 from tasks.trainer import Checkpoint
 
 # Operators that hold the weights dynamic quantization turns into INT8.
-QUANTIZABLE = ("MatMul", "Gemm", "Attention")
-QUANTIZED_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
-_LAYER = re.compile(r"(?:layer\.(\d+)/|^Attention_(\d+)$)")
+QUANTIZABLE = ("MatMul", "Gemm")
+QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
+_LAYER = re.compile(r"layer\.(\d+)/")
 _HEAD = re.compile(r"^/(classifier|pre_classifier)/|/pooler/")
 
 
@@ -55,14 +55,22 @@ def export_onnx(checkpoint: Path, output: Path) -> Path:
 
 
 def fuse_graph(model: Path, output: Path) -> Path:
-    """ORT transformer fusions (attention, skip-layer-norm, bias-GELU) before quantization.
+    """The ORT transformer fusions that pay on CPU, before quantization: layer norm and GELU.
 
-    The embedding layer-norm fusion stays off: quantizing it needs calibration data.
+    Attention, skip-layer-norm and bias-GELU fusions stay off: on this project's CPUs their
+    fused kernels (QAttention, SkipLayerNormalization, BiasGelu) are slower than the plain ops
+    (``bench/graph.py``); the runtime keeps ORT from re-creating the last two
+    (``edgeroute.model.SLOW_FUSIONS``). The embedding layer-norm fusion stays off as well:
+    quantizing it needs calibration data.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("bert")
+    options.enable_attention = False
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
+    options.enable_bias_gelu = False
     options.enable_embed_layer_norm = False
     optimized = optimize_model(
         str(model), model_type="bert", num_heads=0, hidden_size=0, optimization_options=options
@@ -105,18 +113,20 @@ def quantized_op_count(model: Path) -> int:
 
 
 def weight_nodes(model: Path) -> tuple[list[str], dict[int, list[str]]]:
-    """The quantizable nodes of the classifier head, and of each encoder layer."""
+    """The quantizable nodes with a weight, of the classifier head and of each encoder layer."""
     import onnx
 
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
     head: list[str] = []
     layers: dict[int, list[str]] = {}
-    for node in onnx.load(str(model), load_external_data=False).graph.node:
-        if node.op_type not in QUANTIZABLE:
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE or not weights.intersection(node.input):
             continue
         if _HEAD.search(node.name):
             head.append(node.name)
         elif match := _LAYER.search(node.name):
-            layers.setdefault(int(match.group(1) or match.group(2)), []).append(node.name)
+            layers.setdefault(int(match.group(1)), []).append(node.name)
     return head, layers
 
 
