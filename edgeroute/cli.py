@@ -269,6 +269,13 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted (413 above).")] = 4000,
     max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
     timeout: Annotated[float, typer.Option(help="Seconds to answer a request (504 after).")] = 10.0,
+    micro_batch: Annotated[
+        int, typer.Option(min=0, help="Most texts of concurrent requests routed in one model call (0: off).")
+    ] = 64,
+    micro_batch_wait_ms: Annotated[
+        float, typer.Option(min=0, help="Milliseconds a micro-batch waits for more requests.")
+    ] = 0.0,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per model call.")] = 1,
     cloud_timeout: Annotated[float, typer.Option(help="Seconds per call to the cloud service.")] = 2.0,
     cloud_retries: Annotated[int, typer.Option(min=0, help="Retries of a failed cloud call.")] = 2,
     breaker_failures: Annotated[int, typer.Option(min=1, help="Failures that open the circuit.")] = 5,
@@ -303,7 +310,7 @@ def serve(
         "retries": cloud_retries,
         "api_key": os.environ.get("EDGEROUTE_CLOUD_API_KEY"),
     }
-    router = edge_cloud_router(loaded, role, cloud_url, breaker, **http)
+    router = edge_cloud_router(loaded, role, cloud_url, breaker, threads=threads, **http)
     thresholds = Thresholds(
         min_edge_share=min_edge_share, min_accuracy=min_accuracy, max_cost_per_query=max_cost,
         max_p95_latency_ms=max_p95_ms, window_s=window,
@@ -311,6 +318,7 @@ def serve(
     settings = ServeSettings(
         role=role, model_version=model_version(loaded, registered), max_text_chars=max_text_chars,
         max_batch=max_batch, timeout_s=timeout, api_key=os.environ.get("EDGEROUTE_API_KEY") or None,
+        micro_batch=micro_batch, micro_batch_wait_ms=micro_batch_wait_ms,
     )  # fmt: skip
     app = create_app(router, AuditLog(audit), Monitor(thresholds, router.settings.costs), settings)
     typer.echo(f"edgeroute {role} service, model {settings.model_version}, on http://{host}:{port}")

@@ -2,7 +2,8 @@
 
 `tokenizers` for encoding, onnxruntime for inference, numpy in between: no torch, no
 transformers. Each batch is padded to its own longest text, and texts are sorted by length
-before batching so that short queries never pay for long ones.
+before batching so that short queries never pay for long ones (length bucketing); a single
+text skips all of that.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 # ORT fusions whose fused CPU kernels are slower than the ops they replace (``bench/graph.py``).
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
@@ -56,29 +57,37 @@ class OnnxClassifier:
             providers=["CPUExecutionProvider"],
             disabled_optimizers=list(SLOW_FUSIONS),
         )
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        inputs = {i.name for i in self.session.get_inputs()}
+        self.takes_mask = "attention_mask" in inputs
+        self.takes_token_types = "token_type_ids" in inputs
+        self.outputs = [self.session.get_outputs()[0].name]
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.batch_size = batch_size
         self.path = Path(model_path)
 
-    def _run(self, encodings: list) -> np.ndarray:
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        return self.session.run(None, {k: v for k, v in feed.items() if k in self.input_names})[0]
+    def run(self, encodings: Sequence[Encoding]) -> np.ndarray:
+        """Raw scores for encodings padded to one length (one text, or a batch)."""
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        feed = {"input_ids": ids}
+        if self.takes_mask:
+            feed["attention_mask"] = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if self.takes_token_types:  # one sentence per text: every type id is 0
+            feed["token_type_ids"] = np.zeros_like(ids)
+        return self.session.run(self.outputs, feed)[0]
 
     def logits_and_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
         """Raw scores, one row per text in the order given, and each text's word pieces."""
+        if len(texts) == 1:  # the edge's common case: no sorting, no batch machinery
+            encoding = self.tokenizer.encode(texts[0])
+            return self.run([encoding]), [encoding.tokens]
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         tokens: list[list[str]] = [[] for _ in texts]
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), self.batch_size):
             chunk = order[start : start + self.batch_size]
             encodings = self.tokenizer.encode_batch([texts[i] for i in chunk])
-            out[chunk] = self._run(encodings)
+            out[chunk] = self.run(encodings)
             for i, encoding in zip(chunk, encodings, strict=True):
                 tokens[i] = encoding.tokens
         return out, tokens

@@ -15,7 +15,8 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -34,6 +35,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgeroute.audit import AuditLog
+from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.monitor import Monitor
@@ -52,6 +54,10 @@ class ServeSettings:
     max_batch: int = 256
     timeout_s: float = 10.0
     api_key: str | None = None
+    # Concurrent requests routed together, up to this many texts per model call (0: each alone),
+    # waiting at most micro_batch_wait_ms for more once one is waiting.
+    micro_batch: int = 64
+    micro_batch_wait_ms: float = 0.0
 
 
 class ClassifyRequest(BaseModel):
@@ -143,6 +149,12 @@ class Metrics:
             "Cloud circuit: 0 closed, 1 half-open, 2 open.",
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "edgeroute_batch_texts",
+            "Texts per model call (micro-batches of concurrent requests).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.feedback = Counter(
             "edgeroute_feedback",
             "Feedback received, by whether the answer was right.",
@@ -166,7 +178,26 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
         if settings.api_key is not None and not (key and secrets.compare_digest(key, settings.api_key)):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
-    app = FastAPI(title="edgeroute", version=settings.model_version)
+    def route(texts: list[str]) -> list[Decision]:
+        metrics.batch_size.observe(len(texts))
+        return tier.route(texts)
+
+    batcher = (
+        MicroBatcher(route, max_texts=settings.micro_batch, max_wait_s=settings.micro_batch_wait_ms / 1000)
+        if settings.micro_batch
+        else None
+    )
+
+    async def decide(texts: list[str]) -> list[Decision]:
+        return await (batcher.submit(texts) if batcher else run_in_threadpool(route, texts))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if batcher is not None:
+            await batcher.close()
+
+    app = FastAPI(title="edgeroute", version=settings.model_version, lifespan=lifespan)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -191,7 +222,7 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
                 raise HTTPException(422, f"{where}: empty text")
         start = time.perf_counter()
         try:
-            decisions = await asyncio.wait_for(run_in_threadpool(tier.route, texts), settings.timeout_s)
+            decisions = await asyncio.wait_for(decide(texts), settings.timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
         elapsed = time.perf_counter() - start
@@ -263,12 +294,19 @@ def model_version(bundle: Bundle, registered: str | None = None) -> str:
 
 
 def edge_cloud_router(
-    bundle: Bundle, role: str, cloud_url: str | None, breaker: CircuitBreaker, **http
+    bundle: Bundle, role: str, cloud_url: str | None, breaker: CircuitBreaker, *, threads: int = 1, **http
 ) -> Router:
-    """The bundle's router for ``role``: escalations to ``cloud_url`` when given, else in-process."""
+    """The bundle's router for ``role``: escalations to ``cloud_url`` when given, else in-process.
+
+    An edge service with a ``cloud_url`` never loads the bundle's FP32 model.
+    """
     from edgeroute.cloud import HttpCloud, LocalCloud
 
-    local = LocalCloud(bundle.classifier(CLOUD_MODEL))
     if role == "cloud":
-        return bundle.router(local)
-    return bundle.router(GuardedCloud(HttpCloud(cloud_url, **http) if cloud_url else local, breaker))
+        return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
+    cloud = (
+        HttpCloud(cloud_url, **http)
+        if cloud_url
+        else LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
+    )
+    return bundle.router(GuardedCloud(cloud, breaker), threads=threads)

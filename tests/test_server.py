@@ -185,3 +185,38 @@ def test_logs_carry_request_ids_never_text(service, caplog):
     assert result["request_id"] in logged
     for fragment in ("4111", "ben.482", "charged twice"):
         assert fragment not in logged
+
+
+def test_concurrent_requests_are_micro_batched_and_answered_as_alone(tiny_bundle, tmp_path, texts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeroute.bundle import load_bundle
+
+    running, audit = edge_service(tiny_bundle, tmp_path, micro_batch=64)
+    try:
+        messages = texts["text"].tolist() * 8
+        with httpx.Client() as client, ThreadPoolExecutor(16) as pool:
+            answers = list(
+                pool.map(
+                    lambda t: client.post(f"{running.url}/v1/classify", json={"text": t}).json(), messages
+                )
+            )
+        metrics = httpx.get(f"{running.url}/metrics").text
+    finally:
+        running.stop()
+        audit.close()
+    alone = load_bundle(tiny_bundle).router().route(messages)
+    assert [a["results"][0]["label"] for a in answers] == [d.label for d in alone]
+    assert [a["results"][0]["reason"] for a in answers] == [d.reason for d in alone]
+    calls = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("edgeroute_batch_texts_count")
+    )
+    texts_routed = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("edgeroute_batch_texts_sum")
+    )
+    assert texts_routed == len(messages)
+    assert calls < len(messages)  # 16 clients at once: requests shared model calls

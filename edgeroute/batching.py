@@ -1,0 +1,105 @@
+"""Micro-batching: concurrent requests share one model call.
+
+A single worker takes the oldest waiting request and the requests queued behind it while they
+fit in ``max_texts`` (a larger request goes alone; requests are never split), optionally
+waiting ``max_wait_s`` for more, and routes them in one call on a thread. At low load a
+request runs alone at once; under load, the requests that arrive while the model is busy
+form the next batch, so throughput grows with load instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class MicroBatcher(Generic[T]):
+    """Coalesces ``submit`` calls into calls of ``route`` over the concatenated texts."""
+
+    def __init__(
+        self, route: Callable[[list[str]], Sequence[T]], *, max_texts: int = 64, max_wait_s: float = 0.0
+    ) -> None:
+        if max_texts < 1:
+            raise ValueError(f"max_texts must be at least 1, not {max_texts}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must not be negative, not {max_wait_s}")
+        self.route = route
+        self.max_texts = max_texts
+        self.max_wait_s = max_wait_s
+        self.batches = 0
+        self.texts = 0
+        self._queue: asyncio.Queue[tuple[list[str], asyncio.Future[list[T]]]] | None = None
+        self._worker: asyncio.Task | None = None
+        self._carried: tuple[list[str], asyncio.Future[list[T]]] | None = None
+
+    async def submit(self, texts: Sequence[str]) -> list[T]:
+        """The decisions for ``texts``, in order, routed together with whatever else is waiting."""
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.create_task(self._run(self._queue), name="edgeroute-micro-batcher")
+        future: asyncio.Future[list[T]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((list(texts), future))
+        return await future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._queue = self._worker = self._carried = None
+
+    async def _next(self, queue: asyncio.Queue, timeout: float | None) -> tuple | None:
+        """The request left over from the last batch, else the next queued one within ``timeout``."""
+        if self._carried is not None:
+            item, self._carried = self._carried, None
+            return item
+        if timeout is None:
+            return await queue.get()
+        if not queue.empty():
+            return queue.get_nowait()
+        if timeout <= 0:
+            return None
+        try:
+            return await asyncio.wait_for(queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect(self, queue: asyncio.Queue) -> list[tuple[list[str], asyncio.Future]]:
+        """The oldest request and those behind it while they fit in ``max_texts`` (a larger
+        request goes alone; requests are never split)."""
+        batch = [await self._next(queue, None)]
+        size = len(batch[0][0])
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while size < self.max_texts:
+            item = await self._next(queue, deadline - asyncio.get_running_loop().time())
+            if item is None:
+                break
+            if size + len(item[0]) > self.max_texts:
+                self._carried = item
+                break
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    async def _run(self, queue: asyncio.Queue) -> None:
+        while True:
+            batch = [(texts, future) for texts, future in await self._collect(queue) if not future.done()]
+            if not batch:
+                continue
+            texts = [text for request, _ in batch for text in request]
+            try:
+                decisions = await asyncio.to_thread(self.route, texts)
+            except Exception as exc:  # every waiting request gets the failure, the worker goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.texts += len(texts)
+            start = 0
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(list(decisions[start : start + len(request)]))
+                start += len(request)
