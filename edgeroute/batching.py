@@ -1,15 +1,17 @@
 """Micro-batching: concurrent requests share one model call.
 
-A single worker takes the oldest waiting request and the requests queued behind it while they
+A worker takes the oldest waiting request and the requests queued behind it while they
 fit in ``max_texts`` (a larger request goes alone; requests are never split), optionally
 waiting ``max_wait_s`` for more, and routes them in one call on a thread. At low load a
 request runs alone at once; under load, the requests that arrive while the model is busy
-form the next batch, so throughput grows with load instead of queueing.
+form the next batch, so throughput grows with load instead of queueing. With ``workers`` > 1,
+that many batches run at once (one per core the model may use).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -20,41 +22,52 @@ class MicroBatcher(Generic[T]):
     """Coalesces ``submit`` calls into calls of ``route`` over the concatenated texts."""
 
     def __init__(
-        self, route: Callable[[list[str]], Sequence[T]], *, max_texts: int = 64, max_wait_s: float = 0.0
+        self,
+        route: Callable[[list[str]], Sequence[T]],
+        *,
+        max_texts: int = 64,
+        max_wait_s: float = 0.0,
+        workers: int = 1,
     ) -> None:
-        if max_texts < 1:
-            raise ValueError(f"max_texts must be at least 1, not {max_texts}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s must not be negative, not {max_wait_s}")
+        for name, value, least in (
+            ("max_texts", max_texts, 1),
+            ("max_wait_s", max_wait_s, 0),
+            ("workers", workers, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}, not {value}")
         self.route = route
         self.max_texts = max_texts
         self.max_wait_s = max_wait_s
-        self.batches = 0
-        self.texts = 0
+        self.workers = workers
         self._queue: asyncio.Queue[tuple[list[str], asyncio.Future[list[T]]]] | None = None
-        self._worker: asyncio.Task | None = None
-        self._carried: tuple[list[str], asyncio.Future[list[T]]] | None = None
+        self._tasks: list[asyncio.Task] = []
+        # Requests taken from the queue that did not fit in their batch: first in the next one.
+        self._carried: deque[tuple[list[str], asyncio.Future[list[T]]]] = deque()
 
     async def submit(self, texts: Sequence[str]) -> list[T]:
         """The decisions for ``texts``, in order, routed together with whatever else is waiting."""
         if self._queue is None:
             self._queue = asyncio.Queue()
-            self._worker = asyncio.create_task(self._run(self._queue), name="edgeroute-micro-batcher")
+            self._tasks = [
+                asyncio.create_task(self._run(self._queue), name=f"edgeroute-micro-batcher-{i}")
+                for i in range(self.workers)
+            ]
         future: asyncio.Future[list[T]] = asyncio.get_running_loop().create_future()
         await self._queue.put((list(texts), future))
         return await future
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._queue = self._worker = self._carried = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._queue, self._tasks = None, []
+        self._carried.clear()
 
     async def _next(self, queue: asyncio.Queue, timeout: float | None) -> tuple | None:
-        """The request left over from the last batch, else the next queued one within ``timeout``."""
-        if self._carried is not None:
-            item, self._carried = self._carried, None
-            return item
+        """A request carried over from a full batch, else the next queued one within ``timeout``."""
+        if self._carried:
+            return self._carried.popleft()
         if timeout is None:
             return await queue.get()
         if not queue.empty():
@@ -77,7 +90,7 @@ class MicroBatcher(Generic[T]):
             if item is None:
                 break
             if size + len(item[0]) > self.max_texts:
-                self._carried = item
+                self._carried.append(item)
                 break
             batch.append(item)
             size += len(item[0])
@@ -96,8 +109,6 @@ class MicroBatcher(Generic[T]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            self.batches += 1
-            self.texts += len(texts)
             start = 0
             for request, future in batch:
                 if not future.done():

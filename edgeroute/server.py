@@ -55,9 +55,11 @@ class ServeSettings:
     timeout_s: float = 10.0
     api_key: str | None = None
     # Concurrent requests routed together, up to this many texts per model call (0: each alone),
-    # waiting at most micro_batch_wait_ms for more once one is waiting.
+    # waiting at most micro_batch_wait_ms for more once one is waiting; micro_batch_workers
+    # model calls at once.
     micro_batch: int = 64
     micro_batch_wait_ms: float = 0.0
+    micro_batch_workers: int = 1
 
 
 class ClassifyRequest(BaseModel):
@@ -183,7 +185,12 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
         return tier.route(texts)
 
     batcher = (
-        MicroBatcher(route, max_texts=settings.micro_batch, max_wait_s=settings.micro_batch_wait_ms / 1000)
+        MicroBatcher(
+            route,
+            max_texts=settings.micro_batch,
+            max_wait_s=settings.micro_batch_wait_ms / 1000,
+            workers=settings.micro_batch_workers,
+        )
         if settings.micro_batch
         else None
     )

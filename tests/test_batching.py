@@ -19,11 +19,16 @@ class SlowModel:
         self.fail_on = fail_on
         self.calls: list[list[str]] = []
         self.lock = threading.Lock()
+        self.running = self.most_at_once = 0
 
     def __call__(self, texts: list[str]) -> list[str]:
         with self.lock:
             self.calls.append(list(texts))
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
         time.sleep(self.delay_s)
+        with self.lock:
+            self.running -= 1
         if self.fail_on in texts:
             raise RuntimeError(f"cannot route {self.fail_on!r}")
         return [text.upper() for text in texts]
@@ -123,7 +128,21 @@ def test_waiting_gathers_requests_that_arrive_within_max_wait():
     assert model.calls == [["a"], ["b"], ["c"]]
 
 
-@pytest.mark.parametrize("kwargs", [{"max_texts": 0}, {"max_wait_s": -1}])
+def test_two_workers_run_two_batches_at_once():
+    model = SlowModel(delay_s=0.2)
+
+    async def main():
+        batcher = MicroBatcher(model, max_texts=2, workers=2)
+        answers = await asyncio.gather(*(batcher.submit([f"t{i}"]) for i in range(4)))
+        await batcher.close()
+        return answers
+
+    assert run(main()) == [[f"T{i}"] for i in range(4)]
+    assert sorted(map(sorted, model.calls)) == [["t0", "t1"], ["t2", "t3"]]
+    assert model.most_at_once == 2  # the two batches ran side by side
+
+
+@pytest.mark.parametrize("kwargs", [{"max_texts": 0}, {"max_wait_s": -1}, {"workers": 0}])
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         MicroBatcher(SlowModel(), **kwargs)
