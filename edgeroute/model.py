@@ -1,8 +1,8 @@
 """The ONNX text classifier that the edge (and a local cloud tier) runs.
 
 `tokenizers` for encoding, onnxruntime for inference, numpy in between: no torch, no
-transformers. Each batch is padded to its own longest text, and texts are sorted by length
-before batching so that short queries never pay for long ones (length bucketing); a single
+transformers. Texts are sorted by length into batches of similar length (length bucketing),
+each padded to its own longest text, so that short queries never pay for long ones; a single
 text skips all of that.
 """
 
@@ -15,6 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
+# A model call's fixed cost, in padded tokens' worth of compute: a batch stops growing when
+# padding it further would cost more than starting another (bench/throughput.py).
+CALL_COST_TOKENS = 64
 # ORT fusions whose fused CPU kernels are slower than the ops they replace (``bench/graph.py``).
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
@@ -27,12 +30,33 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """A fast tokenizer that truncates to ``max_length`` and pads each batch to its longest."""
+    """A fast tokenizer that truncates to ``max_length``; the classifier pads each batch itself."""
     tokenizer = Tokenizer.from_file(str(path))
     tokenizer.enable_truncation(max_length)
-    pad_id = tokenizer.token_to_id("[PAD]")
-    tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    tokenizer.no_padding()
     return tokenizer
+
+
+def length_buckets(
+    lengths: Sequence[int], batch_size: int, call_cost: int = CALL_COST_TOKENS
+) -> list[np.ndarray]:
+    """Indices of ``lengths`` in batches of similar length, shortest first.
+
+    Sorted by length, a batch grows until it holds ``batch_size`` texts or until padding it to
+    the next text's length would cost more padded tokens than a model call's fixed cost.
+    """
+    order = np.argsort(lengths, kind="stable")
+    buckets: list[list[int]] = []
+    longest = 0
+    for i in order:
+        length = lengths[i]
+        current = buckets[-1] if buckets else None
+        if current is None or len(current) >= batch_size or len(current) * (length - longest) > call_cost:
+            buckets.append([i])
+        else:
+            current.append(i)
+        longest = length
+    return [np.array(bucket) for bucket in buckets]
 
 
 class OnnxClassifier:
@@ -58,6 +82,8 @@ class OnnxClassifier:
             disabled_optimizers=list(SLOW_FUSIONS),
         )
         inputs = {i.name for i in self.session.get_inputs()}
+        pad_id = tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if pad_id is None else pad_id
         self.takes_mask = "attention_mask" in inputs
         self.takes_token_types = "token_type_ids" in inputs
         self.outputs = [self.session.get_outputs()[0].name]
@@ -67,30 +93,28 @@ class OnnxClassifier:
         self.path = Path(model_path)
 
     def run(self, encodings: Sequence[Encoding]) -> np.ndarray:
-        """Raw scores for encodings padded to one length (one text, or a batch)."""
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        """Raw scores for encodings, padded here to the longest of them."""
+        lengths = [len(e.ids) for e in encodings]
+        ids = np.full((len(encodings), max(lengths)), self.pad_id, dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : lengths[row]] = encoding.ids
         feed = {"input_ids": ids}
         if self.takes_mask:
-            feed["attention_mask"] = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+            feed["attention_mask"] = (np.arange(ids.shape[1]) < np.array(lengths)[:, None]).astype(np.int64)
         if self.takes_token_types:  # one sentence per text: every type id is 0
             feed["token_type_ids"] = np.zeros_like(ids)
         return self.session.run(self.outputs, feed)[0]
 
     def logits_and_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
         """Raw scores, one row per text in the order given, and each text's word pieces."""
-        if len(texts) == 1:  # the edge's common case: no sorting, no batch machinery
+        if len(texts) == 1:  # the edge's common case: no bucketing
             encoding = self.tokenizer.encode(texts[0])
             return self.run([encoding]), [encoding.tokens]
+        encodings = self.tokenizer.encode_batch(list(texts))
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        tokens: list[list[str]] = [[] for _ in texts]
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            encodings = self.tokenizer.encode_batch([texts[i] for i in chunk])
-            out[chunk] = self.run(encodings)
-            for i, encoding in zip(chunk, encodings, strict=True):
-                tokens[i] = encoding.tokens
-        return out, tokens
+        for bucket in length_buckets([len(e.ids) for e in encodings], self.batch_size):
+            out[bucket] = self.run([encodings[i] for i in bucket])
+        return out, [e.tokens for e in encodings]
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Raw scores, one row per text, in the order given."""
