@@ -123,7 +123,9 @@ def scenario(
             process, cloud_url = start_service(cloud, "cloud", workdir)
             started.append(process)
             options = (*options, "--cloud-url", cloud_url)
-        process, url = start_service(bundle, "edge", workdir, "--max-batch", "1024", *options)
+        process, url = start_service(
+            bundle, "edge", workdir, "--max-batch", "1024", *args.edge_options.split(), *options
+        )
         started.append(process)
         load(url, texts, 200, args.concurrency, args.duration)  # warm-up
         return load(url, texts, args.requests, args.concurrency, args.duration)
@@ -139,10 +141,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds, at most, per scenario")
     parser.add_argument("--escalate", type=float, default=0.1, help="share of messages sent to the cloud")
+    parser.add_argument("--edge-options", default="", help="more `edgeroute serve` options for the edge")
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args()
     texts = messages(args.bundle)
-    report: dict = {"bundle": str(args.bundle), "requests": args.requests, "concurrency": args.concurrency}
+    report: dict = {"bundle": str(args.bundle), "requests": args.requests, "concurrency": args.concurrency,
+                    "edge_options": args.edge_options}  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         source = load_bundle(args.bundle)

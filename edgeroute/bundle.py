@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ def derive_bundle(
 ) -> Path:
     """A new bundle from ``source`` with some files replaced and its metrics and lineage updated."""
     manifest = source.manifest
+    source.verify(*(name for name in manifest["files"] if name not in replace))
     return write_bundle(
         destination,
         {name: source.path / name for name in manifest["files"]} | dict(replace),
@@ -98,10 +99,24 @@ def derive_bundle(
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle on disk."""
+    """A bundle on disk whose files are checked against the manifest before they are read."""
 
     path: Path
     manifest: dict[str, Any]
+    verified: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    def verify(self, *names: str) -> None:
+        """Check each file's sha256 against the manifest (once per file); refuse a mismatch."""
+        for name in names:
+            if name in self.verified:
+                continue
+            if name not in self.manifest["files"]:
+                raise BundleError(f"{self.path}: no {name} in this bundle")
+            if sha256(self.path / name) != self.manifest["files"][name]:
+                raise BundleError(
+                    f"{self.path}: {name} does not match its sha256 in the manifest; refusing it"
+                )
+            self.verified.add(name)
 
     @property
     def labels(self) -> list[str]:
@@ -116,8 +131,9 @@ class Bundle:
             raise BundleError(f"{self.path}: no {name} in this bundle")
         # A model may carry its own tokenizer (the FP32 cloud model beside a trimmed edge one).
         own = str(Path(name).parent / TOKENIZER)
-        tokenizer_file = self.path / (own if self.has(own) else TOKENIZER)
-        tokenizer = load_tokenizer(tokenizer_file, self.manifest["max_length"])
+        tokenizer_name = own if self.has(own) else TOKENIZER
+        self.verify(name, tokenizer_name)
+        tokenizer = load_tokenizer(self.path / tokenizer_name, self.manifest["max_length"])
         return OnnxClassifier(
             self.path / name, tokenizer, self.labels, threads=threads, batch_size=batch_size
         )
@@ -126,6 +142,7 @@ class Bundle:
         """``router.json``, or the reference settings for a bundle that was never calibrated."""
         if not self.has(ROUTER):
             return RouterSettings()
+        self.verify(ROUTER)
         try:
             return RouterSettings.load(self.path / ROUTER)
         except ValueError as exc:
@@ -139,8 +156,12 @@ class Bundle:
         return Router(edge, cloud, self.router_settings())
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Read a bundle, verifying its format and every file's sha256."""
+def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
+    """Read a bundle: its format, that every listed file is there, and every file's sha256.
+
+    ``lazy`` defers each file's checksum to its first read (``Bundle.verify``): a service that
+    loads only the edge model does not hash the FP32 one, and still serves nothing unverified.
+    """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path}: not a bundle (no {MANIFEST})")
@@ -153,10 +174,10 @@ def load_bundle(path: Path) -> Bundle:
             f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
             f"this edgeroute reads {FORMAT_VERSION}"
         )
-    for name, expected in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
+    for name in manifest["files"]:
+        if not (path / name).is_file():
             raise BundleError(f"{path}: {name} is listed in the manifest but missing")
-        if sha256(file) != expected:
-            raise BundleError(f"{path}: {name} does not match its sha256 in the manifest; refusing it")
-    return Bundle(path, manifest)
+    bundle = Bundle(path, manifest)
+    if not lazy:
+        bundle.verify(*manifest["files"])
+    return bundle

@@ -301,17 +301,17 @@ def serve(
     if role not in ("edge", "cloud"):
         raise _fail(f"--role must be edge or cloud, not {role!r}", 2)
     path, registered = resolve_bundle(bundle, model)
-    try:
-        loaded = load_bundle(path)
-    except BundleError as exc:
-        raise _fail(str(exc), 2) from None
     breaker = CircuitBreaker(breaker_failures, breaker_reset)
     http = {
         "timeout_s": cloud_timeout,
         "retries": cloud_retries,
         "api_key": os.environ.get("EDGEROUTE_CLOUD_API_KEY"),
     }
-    router = edge_cloud_router(loaded, role, cloud_url, breaker, threads=threads, **http)
+    try:  # each file's checksum when it is first read: only what this service loads
+        loaded = load_bundle(path, lazy=True)
+        router = edge_cloud_router(loaded, role, cloud_url, breaker, threads=threads, **http)
+    except BundleError as exc:
+        raise _fail(str(exc), 2) from None
     thresholds = Thresholds(
         min_edge_share=min_edge_share, min_accuracy=min_accuracy, max_cost_per_query=max_cost,
         max_p95_latency_ms=max_p95_ms, window_s=window,

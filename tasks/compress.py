@@ -19,8 +19,8 @@ from tasks.data import PreparedData
 from tasks.trainer import Checkpoint
 
 # Operators that hold the weights dynamic quantization turns into INT8.
-QUANTIZABLE = ("MatMul", "Gemm")
-QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
+QUANTIZABLE = ("MatMul", "Gemm", "Attention")
+QUANTIZED_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
 _LAYER = re.compile(r"layer\.(\d+)/")
 _HEAD = re.compile(r"^/(classifier|pre_classifier)/|/pooler/")
 

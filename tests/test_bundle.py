@@ -15,6 +15,7 @@ from edgeroute.bundle import (
     ROUTER,
     TOKENIZER,
     BundleError,
+    derive_bundle,
     load_bundle,
     write_bundle,
 )
@@ -55,6 +56,20 @@ def test_a_tampered_file_is_refused(bundle_dir):
     model.write_bytes(bytes(raw))
     with pytest.raises(BundleError, match=r"edge/model\.onnx does not match its sha256 in the manifest"):
         load_bundle(bundle_dir)
+
+
+def test_a_lazy_bundle_checks_each_file_when_first_read(bundle_dir, tmp_path):
+    model = bundle_dir / CLOUD_MODEL
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model.write_bytes(bytes(raw))
+    bundle = load_bundle(bundle_dir, lazy=True)
+    bundle.classifier(EDGE_MODEL)  # intact: loads
+    with pytest.raises(BundleError, match=r"cloud/model\.onnx does not match its sha256"):
+        bundle.classifier(CLOUD_MODEL)
+    with pytest.raises(BundleError, match=r"cloud/model\.onnx does not match its sha256"):
+        derive_bundle(bundle, tmp_path / "derived", replace={}, metrics={}, lineage={})
+    assert not (tmp_path / "derived").exists()
 
 
 @pytest.mark.parametrize(
