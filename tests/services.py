@@ -1,4 +1,4 @@
-"""Real services for tests: uvicorn in a thread, `edgeroute serve` as a process."""
+"""Real services for tests: uvicorn in a thread, `edgeroute serve` and other servers as processes."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from edgeroute.bundle import load_bundle
 from edgeroute.cloud import CircuitBreaker
 from edgeroute.monitor import Monitor, Thresholds
 from edgeroute.server import ServeSettings, create_app, edge_cloud_router
+from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -84,3 +86,37 @@ def edge_service(bundle_path: Path, tmp_path: Path, cloud_url: str | None = None
     monitor = Monitor(Thresholds(), router.settings.costs)
     app = create_app(router, audit, monitor, ServeSettings(model_version="test/1", **settings))
     return Service(app), audit
+
+
+class Process:
+    """A long-running command in its own process group, stopped with everything it started."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
+        self.log = log
+        with log.open("w") as out:
+            self.popen = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def wait_until_healthy(url: str, server: Process, timeout_s: float = 120) -> None:
+    """Wait for ``url``/health to answer, failing early with the log if the server exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.popen.poll() is not None:
+            raise RuntimeError(f"{server.popen.args[0]} exited: {server.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing healthy at {url} after {timeout_s} s")
