@@ -148,15 +148,20 @@ def load_bundle(path: Path) -> Bundle:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
         raise BundleError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
-            f"this edgeroute reads {FORMAT_VERSION}"
+            f"{manifest_path}: format_version {version!r}, this edgeroute reads {FORMAT_VERSION}"
         )
+    missing = [key for key in ("labels", "max_length", "files") if key not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path}: no {', '.join(missing)} in the manifest")
     for name, expected in manifest["files"].items():
         file = path / name
         if not file.is_file():
             raise BundleError(f"{path}: {name} is listed in the manifest but missing")
         if sha256(file) != expected:
             raise BundleError(f"{path}: {name} does not match its sha256 in the manifest; refusing it")
-    return Bundle(path, manifest)
+    bundle = Bundle(path, manifest)
+    bundle.router_settings()  # an invalid router.json is refused on load, not at the first query
+    return bundle
