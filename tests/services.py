@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ import uvicorn
 
 from edgeroute.audit import AuditLog
 from edgeroute.bundle import load_bundle
-from edgeroute.cloud import CircuitBreaker
+from edgeroute.cloud import CircuitBreaker, LocalCloud
 from edgeroute.monitor import Monitor, Thresholds
 from edgeroute.server import ServeSettings, create_app, edge_cloud_router
 from tests.conftest import ROOT
@@ -120,3 +122,59 @@ def wait_until_healthy(url: str, server: Process, timeout_s: float = 120) -> Non
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"nothing healthy at {url} after {timeout_s} s")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that timed out hangs up mid-answer: expected here, not worth a traceback."""
+
+
+class CloudService:
+    """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
+
+    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer.
+    """
+
+    def __init__(self, cloud: LocalCloud, port: int = 0) -> None:
+        self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                service.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(service.delay_s)
+                if service.fail_next:
+                    service.fail_next -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                answers = service.cloud.classify(body["texts"])
+                payload = json.dumps({"results": [a.__dict__ for a in answers]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task name -> state name for a flow run on the current Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}
