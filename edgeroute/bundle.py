@@ -62,7 +62,10 @@ def write_bundle(
         for name, source in sorted(files.items()):
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            try:
+                shutil.copyfile(source, target)
+            except OSError as exc:
+                raise BundleError(f"{destination}: cannot copy {name} from {source}: {exc}") from None
             hashes[name] = sha256(target)
         manifest = {
             "format_version": FORMAT_VERSION,
