@@ -62,7 +62,10 @@ def write_bundle(
         for name, source in sorted(files.items()):
             target = staging / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            try:
+                shutil.copyfile(source, target)
+            except OSError as exc:
+                raise BundleError(f"{destination}: cannot copy {name} from {source}: {exc}") from None
             hashes[name] = sha256(target)
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -169,15 +172,19 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
         raise BundleError(
-            f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
-            f"this edgeroute reads {FORMAT_VERSION}"
+            f"{manifest_path}: format_version {version!r}, this edgeroute reads {FORMAT_VERSION}"
         )
+    missing = [key for key in ("labels", "max_length", "files") if key not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path}: no {', '.join(missing)} in the manifest")
     for name in manifest["files"]:
         if not (path / name).is_file():
             raise BundleError(f"{path}: {name} is listed in the manifest but missing")
     bundle = Bundle(path, manifest)
     if not lazy:
         bundle.verify(*manifest["files"])
+    bundle.router_settings()  # an invalid router.json is refused on load, not at the first query
     return bundle

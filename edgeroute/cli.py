@@ -53,13 +53,19 @@ def train(
         from flows.training import training_pipeline
     except ImportError as exc:
         raise _fail(f"training needs the 'train' extra: pip install 'edgeroute[train]' ({exc})", 2) from None
+    from mlflow.exceptions import MlflowException
+
     from tasks.data import DataValidationError
     from tasks.gate import GateFailed
+    from tasks.tracking import tracking_uri
 
     try:
         result = training_pipeline(preset=preset, overrides=settings)
     except (DataValidationError, ConfigError, GateFailed) as exc:
         raise _fail(str(exc), 1) from None
+    except MlflowException as exc:
+        # Finished stages are cached: once the tracking server is back, the same command resumes.
+        raise _fail(f"MLflow tracking at {tracking_uri()} failed: {exc.message}", 1) from None
     typer.echo("\n" + result.pop("summary"))
     typer.echo("Outputs")
     for key, value in result.items():
@@ -122,11 +128,28 @@ def _chunks(texts: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
 
 
 def _read_lines(source: Path) -> Iterator[str]:
-    handle = sys.stdin if str(source) == "-" else source.open(encoding="utf-8")
-    with handle:
-        for line in handle:
+    """Non-blank lines of a file or stdin, each decoded on its own so that a bad one is named."""
+    stdin = str(source) == "-"
+    with sys.stdin.buffer if stdin else source.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                name = "stdin" if stdin else source
+                raise _fail(f"{name}: line {number}: not valid UTF-8 ({exc.reason})", 2) from None
             if line.strip():
-                yield line.rstrip("\n")
+                yield line.rstrip("\r\n")
+
+
+def _checked(texts: list[str]) -> list[str]:
+    """Texts given as arguments, refused by position when one cannot be routed."""
+    from edgeroute.router import unicode_problem
+
+    for i, text in enumerate(texts, start=1):
+        problem = "empty text" if not text.strip() else unicode_problem(text)
+        if problem:
+            raise _fail(f"argument {i}: {problem}", 2)
+    return texts
 
 
 @app.command()
@@ -144,7 +167,7 @@ def classify(
     router = open_router(bundle, model, cloud_url)
     if file is not None and not (str(file) == "-" or file.is_file()):
         raise _fail(f"--file {file}: no such file", 2)
-    source = texts or _read_lines(file if file is not None else Path("-"))
+    source = _checked(texts) if texts else _read_lines(file if file is not None else Path("-"))
     for chunk in _chunks(source):
         for text, decision in zip(chunk, router.route(chunk), strict=True):
             if as_json:

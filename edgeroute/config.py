@@ -257,11 +257,18 @@ def parse_override(override: str) -> tuple[list[str], Any]:
     keys = key.strip().split(".")
     if not sep or not all(keys):
         raise ConfigError(f"override {override!r} is not of the form section.field=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+    value = _load_yaml(raw, f"override {override!r}: value") if raw.strip() else ""
     return keys, value
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    """``text`` parsed as YAML; ``what`` names it in the error."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} is not valid YAML ({exc})") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{what} is not valid YAML (nested too deeply)") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -302,9 +309,10 @@ def load_config(preset: str | None = "demo", overrides: list[str] | None = None)
         path = find_preset(preset)
         source = str(path)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"preset {path} is not valid YAML: {exc}") from exc
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"preset {path}: byte {exc.start}: not valid UTF-8 ({exc.reason})") from None
+        values = _load_yaml(text, f"preset {path}") or {}
         if not isinstance(values, dict):
             raise ConfigError(f"preset {path} must hold a mapping, not {type(values).__name__}")
     if overrides:

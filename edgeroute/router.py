@@ -134,6 +134,16 @@ def complexity_score(texts: Sequence[str], confidence: np.ndarray, keywords: Seq
     return 0.3 * length + 0.3 * per_sentence + 0.2 * uncertainty + 0.2 * keyword
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate: no tokenizer or UTF-8 store takes it)."""
+    # Lone surrogates come from JSON escapes such as "\\ud800" and from undecodable arguments.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid Unicode: a lone surrogate at character {exc.start}"
+    return None
+
+
 def unfamiliar_share(tokens: Sequence[str], unknown: str = "[UNK]") -> float:
     """Share of word pieces the vocabulary could not hold: ``[UNK]`` or a spelled-out character.
 

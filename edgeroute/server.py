@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import (
@@ -33,13 +34,14 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeroute.audit import AuditLog
 from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.monitor import Monitor
-from edgeroute.router import Decision, Router
+from edgeroute.router import Decision, Router, unicode_problem
 
 logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -165,6 +167,12 @@ class Metrics:
         )
 
 
+def _message(error: dict) -> str:
+    """A validation error's message, with the parser's reason when it gives one as text."""
+    reason = (error.get("ctx") or {}).get("error")
+    return f"{error['msg']} ({reason})" if isinstance(reason, str) else error["msg"]
+
+
 def breaker_of(router: Router) -> CircuitBreaker | None:
     return router.cloud.breaker if isinstance(router.cloud, GuardedCloud) else None
 
@@ -206,9 +214,21 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
 
     app = FastAPI(title="edgeroute", version=settings.model_version, lifespan=lifespan)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    # Starlette's class, so that FastAPI's own errors (an unreadable body, 404, 405) come here too.
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's own "error parsing the body" (nesting too deep, bytes not UTF-8): say why.
+            detail = f"body: not readable as JSON ({exc.__cause__})"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and what, without echoing the input: NaN or a lone surrogate in it cannot be
+        # written back as JSON, and the text is the caller's to keep.
+        errors = [{"loc": e["loc"], "msg": _message(e), "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(authorised)])
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
@@ -227,6 +247,8 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
                 )
             if not text.strip():
                 raise HTTPException(422, f"{where}: empty text")
+            if problem := unicode_problem(text):
+                raise HTTPException(422, f"{where}: {problem}")
         start = time.perf_counter()
         try:
             decisions = await asyncio.wait_for(decide(texts), settings.timeout_s)

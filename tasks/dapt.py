@@ -10,7 +10,7 @@ from prefect import task
 
 from edgeroute.config import PipelineConfig
 from tasks import base_model, tracking, trainer
-from tasks.data import DataValidationError, PreparedData, read_table
+from tasks.data import PreparedData, read_table, require_columns
 
 STAGE = "dapt"
 
@@ -22,11 +22,7 @@ def domain_texts(config: PipelineConfig, data: PreparedData) -> list[str]:
     if extra is not None:
         frame = read_table(extra)
         column = config.data.text_column
-        if column not in frame.columns:
-            raise DataValidationError(
-                f"{extra}: column {column!r} not found (data.text_column); columns are: "
-                + ", ".join(map(str, frame.columns))
-            )
+        require_columns(frame, extra, {column: "data.text_column"})
         texts += [t.strip() for t in frame[column] if isinstance(t, str) and t.strip()]
     return texts
 

@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 
 from edgeroute.config import DataConfig, PipelineConfig
 from edgeroute.files import atomic_directory
+from edgeroute.router import unicode_problem
 from tasks import synthetic, tracking
 
 SPLITS = ("train", "validation", "calibration", "test")
@@ -110,12 +111,29 @@ def read_table(path: Path) -> pd.DataFrame:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataValidationError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataValidationError(f"{path}: line {number}: JSON nested too deeply to read") from None
         if not isinstance(record, dict):
             raise DataValidationError(
                 f"{path}: line {number}: expected a JSON object, got {type(record).__name__}"
             )
+        for key, value in record.items():
+            if isinstance(value, str) and (problem := unicode_problem(value)):
+                raise DataValidationError(f"{path}: line {number}, field {key!r}: {problem}")
         records.append(record)
     return pd.DataFrame.from_records(records)
+
+
+def require_columns(frame: pd.DataFrame, source: object, columns: dict[str, str | None]) -> None:
+    """Each of ``columns`` (name -> the setting that names it, if any) is in ``frame``."""
+    for column, setting in columns.items():
+        if column not in frame.columns:
+            named = f" ({setting})" if setting else ""
+            # repr: a stray space or an invisible character in a header shows.
+            available = ", ".join(map(repr, frame.columns)) or "none"
+            raise DataValidationError(
+                f"{source}: column {column!r} not found{named}; columns are: {available}"
+            )
 
 
 def _is_missing(value: object) -> bool:
@@ -125,12 +143,7 @@ def _is_missing(value: object) -> bool:
 def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.DataFrame, int]:
     """Check columns and values; return ``text``/``label`` rows and how many texts were truncated."""
     text_col, label_col = config.text_column, config.label_column
-    for column, field_name in ((text_col, "text_column"), (label_col, "label_column")):
-        if column not in frame.columns:
-            available = ", ".join(map(str, frame.columns)) or "none"
-            raise DataValidationError(
-                f"{source}: column {column!r} not found (data.{field_name}); columns are: {available}"
-            )
+    require_columns(frame, source, {text_col: "data.text_column", label_col: "data.label_column"})
     if frame.empty:
         raise DataValidationError(f"{source}: no data rows under the header")
     texts, labels = frame[text_col], frame[label_col]
@@ -313,11 +326,7 @@ def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
 def read_messages(path: Path, text_column: str, label_column: str | None = None) -> pd.DataFrame:
     """A table of messages to route: the text (and label) columns present, every text non-empty."""
     frame = read_table(path)
-    for column in filter(None, (text_column, label_column)):
-        if column not in frame.columns:
-            raise DataValidationError(
-                f"{path}: column {column!r} not found; columns are: {', '.join(map(str, frame.columns))}"
-            )
+    require_columns(frame, path, dict.fromkeys(filter(None, (text_column, label_column))))
     bad = [i for i, t in enumerate(frame[text_column]) if not isinstance(t, str) or not t.strip()]
     if bad:
         raise DataValidationError(f"{path}: {_rows(bad)}, column {text_column!r}: empty or not text")

@@ -1,7 +1,8 @@
-"""Real services for tests: uvicorn in a thread, `edgeroute serve` as a process."""
+"""Real services for tests: uvicorn in a thread, `edgeroute serve` and other servers as processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -16,9 +19,10 @@ import uvicorn
 
 from edgeroute.audit import AuditLog
 from edgeroute.bundle import load_bundle
-from edgeroute.cloud import CircuitBreaker
+from edgeroute.cloud import CircuitBreaker, LocalCloud
 from edgeroute.monitor import Monitor, Thresholds
 from edgeroute.server import ServeSettings, create_app, edge_cloud_router
+from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -84,3 +88,93 @@ def edge_service(bundle_path: Path, tmp_path: Path, cloud_url: str | None = None
     monitor = Monitor(Thresholds(), router.settings.costs)
     app = create_app(router, audit, monitor, ServeSettings(model_version="test/1", **settings))
     return Service(app), audit
+
+
+class Process:
+    """A long-running command in its own process group, stopped with everything it started."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
+        self.log = log
+        with log.open("w") as out:
+            self.popen = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def wait_until_healthy(url: str, server: Process, timeout_s: float = 120) -> None:
+    """Wait for ``url``/health to answer, failing early with the log if the server exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.popen.poll() is not None:
+            raise RuntimeError(f"{server.popen.args[0]} exited: {server.log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"nothing healthy at {url} after {timeout_s} s")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that timed out hangs up mid-answer: expected here, not worth a traceback."""
+
+
+class CloudService:
+    """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
+
+    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer.
+    """
+
+    def __init__(self, cloud: LocalCloud, port: int = 0) -> None:
+        self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                service.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(service.delay_s)
+                if service.fail_next:
+                    service.fail_next -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                answers = service.cloud.classify(body["texts"])
+                payload = json.dumps({"results": [a.__dict__ for a in answers]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task name -> state name for a flow run on the current Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}

@@ -125,7 +125,7 @@ def test_simulate_projects_the_monthly_split_and_cost(tmp_path, tiny_bundle, tin
 
     wrong = _run(args, tmp_path)
     assert wrong.returncode == 1
-    assert "tickets.csv: column 'text' not found; columns are: message, truth" in wrong.stderr
+    assert "tickets.csv: column 'text' not found; columns are: 'message', 'truth'" in wrong.stderr
 
 
 def test_classify_with_an_unknown_registered_model_exits_2(tmp_path):

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -28,6 +25,7 @@ from edgeroute.router import (
     summarize,
     unfamiliar_share,
 )
+from tests.services import CloudService
 
 EDGE_ONLY = {"min_confidence": 0.0, "max_complexity": 1.0, "max_unfamiliar_share": 1.0}
 PERSONAL = [
@@ -47,52 +45,6 @@ class Capturing:
     def classify(self, texts):
         self.calls.append(list(texts))
         return self.cloud.classify(texts)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        """A client that timed out hangs up mid-answer: expected here, not worth a traceback."""
-
-
-class CloudService:
-    """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
-
-    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer.
-    """
-
-    def __init__(self, cloud: LocalCloud, port: int = 0) -> None:
-        self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
-        service = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                service.requests += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(service.delay_s)
-                if service.fail_next:
-                    service.fail_next -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                answers = service.cloud.classify(body["texts"])
-                payload = json.dumps({"results": [a.__dict__ for a in answers]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = _QuietServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,31 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ROOT
-from tests.services import free_port
+from tests.services import Process, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 POOL = "edgeroute-process"
-
-
-class Process:
-    """A long-running command in its own process group, stopped with everything it started."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("w") as out:
-            self.popen = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
 
 
 @dataclass
@@ -64,19 +41,6 @@ class Stack:
         return self.prefect(
             "deployment", "run", name, "--params", json.dumps(parameters), "--watch", timeout=600
         )
-
-
-def wait_until_healthy(url: str, server: Process, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.popen.poll() is not None:
-            raise RuntimeError(f"the Prefect server exited: {server.log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"no Prefect server at {url} after {timeout_s} s")
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_partitions_routed_on_dask_match_the_router_in_process(tmp_path, tiny_bu
 
 def test_a_missing_text_column_fails_before_anything_is_routed(tmp_path, tiny_bundle):
     pd.DataFrame({"body": ["hello"]}).to_csv(tmp_path / "store.csv", index=False)
-    with pytest.raises(DataValidationError, match="column 'text' not found; columns are: body"):
+    with pytest.raises(DataValidationError, match="column 'text' not found; columns are: 'body'"):
         route_messages(
             data_path=str(tmp_path / "store.csv"), output_dir=str(tmp_path / "out"), model=str(tiny_bundle)
         )

@@ -19,16 +19,13 @@ from edgeroute.bundle import load_bundle
 from flows.training import training_pipeline
 from tasks.data import SPLITS, DataValidationError
 from tasks.gate import GateFailed
+from tests.services import task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def _task_states(state) -> dict[str, str]:
-    """Task name -> state name for the flow run behind ``state``."""
-    flow_run_id = state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    return task_states(state.state_details.flow_run_id)
 
 
 def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):

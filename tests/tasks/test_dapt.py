@@ -51,5 +51,5 @@ def test_unlabelled_file_without_the_text_column_is_named(tiny_setup, tmp_path):
     extra = tmp_path / "notes.csv"
     pd.DataFrame({"body": ["hello"]}).to_csv(extra, index=False)
     with_extra = config.model_copy(update={"dapt": config.dapt.model_copy(update={"unlabelled_path": extra})})
-    with pytest.raises(DataValidationError, match=r"notes\.csv: column 'text' not found .*columns are: body"):
+    with pytest.raises(DataValidationError, match=r"notes\.csv: column 'text' not found .*: 'body'"):
         domain_texts(with_extra, data)

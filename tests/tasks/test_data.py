@@ -113,12 +113,12 @@ CASES = {
     "missing text column": (
         lambda p: _csv(p, _rows()),
         ["data.text_column=message"],
-        r"column 'message' not found \(data\.text_column\); columns are: text, label",
+        r"column 'message' not found \(data\.text_column\); columns are: 'text', 'label'",
     ),
     "missing label column": (
         lambda p: BANKING77,
         [],
-        r"train\.csv: column 'label' not found \(data\.label_column\); columns are: text, category",
+        r"train\.csv: column 'label' not found \(data\.label_column\); columns are: 'text', 'category'",
     ),
     "empty text": (
         lambda p: _csv(p, [*_rows(), {"text": "", "label": "good"}]),
