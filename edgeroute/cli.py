@@ -298,7 +298,9 @@ def serve(
     micro_batch_wait_ms: Annotated[
         float, typer.Option(min=0, help="Milliseconds a micro-batch waits for more requests.")
     ] = 0.0,
-    micro_batch_workers: Annotated[int, typer.Option(min=1, help="Micro-batches routed at once.")] = 1,
+    micro_batch_workers: Annotated[
+        int | None, typer.Option(min=1, help="Micro-batches routed at once [default: one per CPU core].")
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per model call.")] = 1,
     cloud_timeout: Annotated[float, typer.Option(help="Seconds per call to the cloud service.")] = 2.0,
     cloud_retries: Annotated[int, typer.Option(min=0, help="Retries of a failed cloud call.")] = 2,
@@ -343,7 +345,7 @@ def serve(
         role=role, model_version=model_version(loaded, registered), max_text_chars=max_text_chars,
         max_batch=max_batch, timeout_s=timeout, api_key=os.environ.get("EDGEROUTE_API_KEY") or None,
         micro_batch=micro_batch, micro_batch_wait_ms=micro_batch_wait_ms,
-        micro_batch_workers=micro_batch_workers,
+        micro_batch_workers=micro_batch_workers or os.cpu_count() or 1,
     )  # fmt: skip
     app = create_app(router, AuditLog(audit), Monitor(thresholds, router.settings.costs), settings)
     typer.echo(f"edgeroute {role} service, model {settings.model_version}, on http://{host}:{port}")
