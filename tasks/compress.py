@@ -59,9 +59,9 @@ def fuse_graph(model: Path, output: Path) -> Path:
 
     Attention, skip-layer-norm and bias-GELU fusions stay off: on this project's CPUs their
     fused kernels (QAttention, SkipLayerNormalization, BiasGelu) are slower than the plain ops
-    (``bench/graph.py``); the runtime keeps ORT from re-creating the last two
-    (``edgeroute.model.SLOW_FUSIONS``). The embedding layer-norm fusion stays off as well:
-    quantizing it needs calibration data.
+    (profiled with ORT; end to end the gain is small, ``bench/graph.py``); the runtime keeps
+    ORT from re-creating the last two (``edgeroute.model.SLOW_FUSIONS``). The embedding
+    layer-norm fusion stays off as well: quantizing it needs calibration data.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
