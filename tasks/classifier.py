@@ -39,7 +39,7 @@ def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, float]:
     return classification_metrics(test["label"].to_numpy(), model.predict(vectorizer.transform(test["text"])))
 
 
-def _compute_metrics(prediction) -> dict[str, float]:
+def compute_metrics(prediction) -> dict[str, float]:
     return classification_metrics(prediction.label_ids, prediction.predictions.argmax(-1))
 
 
@@ -160,7 +160,7 @@ def fine_tune(
         "train_dataset": encoded["train"],
         "eval_dataset": encoded["validation"],
         "data_collator": DataCollatorWithPadding(tokenizer),
-        "compute_metrics": _compute_metrics,
+        "compute_metrics": compute_metrics,
     }
 
     if settings.head_epochs:

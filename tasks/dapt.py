@@ -10,21 +10,14 @@ from prefect import task
 
 from edgeroute.config import PipelineConfig
 from tasks import base_model, tracking, trainer
-from tasks.data import PreparedData, read_table, require_columns
+from tasks.data import PreparedData, unlabelled_texts
 
 STAGE = "dapt"
 
 
 def domain_texts(config: PipelineConfig, data: PreparedData) -> list[str]:
     """The training split's texts, plus the unlabelled texts the config names."""
-    texts = data.frame("train")["text"].tolist()
-    extra = config.dapt.unlabelled_path
-    if extra is not None:
-        frame = read_table(extra)
-        column = config.data.text_column
-        require_columns(frame, extra, {column: "data.text_column"})
-        texts += [t.strip() for t in frame[column] if isinstance(t, str) and t.strip()]
-    return texts
+    return data.frame("train")["text"].tolist() + unlabelled_texts(config)
 
 
 def masked_positions_only(model):
@@ -120,14 +113,14 @@ def _task_cache_key(context, parameters) -> str:
 def domain_adapt(config: PipelineConfig, data: PreparedData, parent_run_id: str) -> trainer.Checkpoint:
     """Prefect task: DAPT of the base model, a nested MLflow run; the base itself when disabled."""
     corpus_dir = config.work_dir.resolve() / "models" / data.digest[:16]
-    init = base_model.resolve_base_model(config.model.base, data.frame("train")["text"], corpus_dir)
+    init = base_model.resolve_base_model(config.model.teacher_base, data.frame("train")["text"], corpus_dir)
     key = cache_key(config, data)
     if not config.dapt.enabled:
         return trainer.Checkpoint(Path(init), key, "base", {})
     with tracking.stage_run(parent_run_id, STAGE) as run_id:
         tracking.log_params(
             run_id,
-            {"base_model": config.model.base, "init": init, "max_length": config.model.max_length}
+            {"base_model": config.model.teacher_base, "init": init, "max_length": config.model.max_length}
             | config.dapt.model_dump(mode="json"),
         )
         checkpoint = trainer.run_stage(

@@ -323,6 +323,17 @@ def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
     return prepared
 
 
+def unlabelled_texts(config: PipelineConfig) -> list[str]:
+    """The non-empty texts of ``dapt.unlabelled_path`` (none when unset), in file order."""
+    path = config.dapt.unlabelled_path
+    if path is None:
+        return []
+    frame = read_table(path)
+    column = config.data.text_column
+    require_columns(frame, path, {column: "data.text_column"})
+    return [t.strip() for t in frame[column] if isinstance(t, str) and t.strip()]
+
+
 def read_messages(path: Path, text_column: str, label_column: str | None = None) -> pd.DataFrame:
     """A table of messages to route: the text (and label) columns present, every text non-empty."""
     frame = read_table(path)

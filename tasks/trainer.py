@@ -185,11 +185,12 @@ def save_checkpoint(hf_trainer, model, tokenizer, output: Path) -> None:
         shutil.rmtree(output / "trainer", ignore_errors=True)
 
 
-def build_trainer(**kwargs):
-    """A `transformers.Trainer` whose per-epoch lines come from `metrics_callback` alone."""
+def build_trainer(trainer_class=None, **kwargs):
+    """A `transformers.Trainer` (or ``trainer_class``) whose per-epoch lines come from
+    `metrics_callback` alone."""
     from transformers import PrinterCallback, Trainer
 
-    hf_trainer = Trainer(**kwargs)
+    hf_trainer = (trainer_class or Trainer)(**kwargs)
     hf_trainer.remove_callback(PrinterCallback)
     return hf_trainer
 

@@ -78,6 +78,17 @@ def tiny_classifier(tmp_path_factory, tiny_prepared, tiny_bert) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_student(tmp_path_factory, tiny_prepared, tiny_classifier) -> Path:
+    """A 1-layer student distilled from the 2-layer tiny classifier, as a HF checkpoint."""
+    from tasks.distill import distill
+
+    config, data = tiny_prepared
+    output = tmp_path_factory.mktemp("student")
+    distill(config, data, str(tiny_classifier), output, None)
+    return output
+
+
+@pytest.fixture(scope="session")
 def tiny_compressed(tmp_path_factory, tiny_prepared, tiny_classifier):
     """The tiny classifier exported, fused and quantized with the default recipe."""
     from tasks.compress import compress
