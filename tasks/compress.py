@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import string
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from tasks.trainer import Checkpoint
 # Operators that hold the weights dynamic quantization turns into INT8.
 QUANTIZABLE = ("MatMul", "Gemm", "Attention")
 QUANTIZED_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
-_LAYER = re.compile(r"layer\.(\d+)/")
+TEACHER_FP32, TEACHER_INT8 = "teacher_fp32", "teacher_int8"
+LAYER_NODE = re.compile(r"layer\.(\d+)/")
 _HEAD = re.compile(r"^/(classifier|pre_classifier)/|/pooler/")
 
 
@@ -125,7 +127,7 @@ def weight_nodes(model: Path) -> tuple[list[str], dict[int, list[str]]]:
             continue
         if _HEAD.search(node.name):
             head.append(node.name)
-        elif match := _LAYER.search(node.name):
+        elif match := LAYER_NODE.search(node.name):
             layers.setdefault(int(match.group(1)), []).append(node.name)
     return head, layers
 
@@ -148,9 +150,12 @@ def fallback_recipes(primary: Recipe, model: Path, layer_order: Iterable[int], l
     return recipes[:limit]
 
 
-def trim_vocabulary(checkpoint: Path, corpus: Iterable[str], output: Path) -> dict[str, int]:
-    """Keep the tokens ``corpus`` uses, the special tokens and single characters; remap the
-    embedding matrix and the WordPiece vocabulary consistently and save a new checkpoint."""
+def trim_vocabulary(
+    checkpoint: Path, corpus: Iterable[str], output: Path, min_count: int = 1
+) -> dict[str, int]:
+    """Keep the tokens ``corpus`` uses at least ``min_count`` times, the special tokens and single
+    characters; remap the embedding matrix and the WordPiece vocabulary consistently and save a
+    new checkpoint. A dropped word is spelled by the pieces that are kept."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertTokenizerFast
 
@@ -161,10 +166,11 @@ def trim_vocabulary(checkpoint: Path, corpus: Iterable[str], output: Path) -> di
             f"{type(tokenizer).__name__}; set compress.trim_vocabulary=false"
         )
     vocab = tokenizer.get_vocab()
-    used = set(tokenizer.all_special_ids)
+    counts: Counter[int] = Counter()
     for start in range(0, len(corpus := list(corpus)), 1000):
         for ids in tokenizer(corpus[start : start + 1000], add_special_tokens=False)["input_ids"]:
-            used.update(ids)
+            counts.update(ids)
+    used = {i for i, count in counts.items() if count >= min_count} | set(tokenizer.all_special_ids)
     # Single printable characters (and their ## forms) keep every unseen word spellable.
     for char in string.printable.strip():
         for token in (char, f"##{char}"):
@@ -193,7 +199,7 @@ def trim_vocabulary(checkpoint: Path, corpus: Iterable[str], output: Path) -> di
     for name in ("labels.json",):
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, output / name)
-    return {"vocab_original": len(vocab), "vocab_kept": len(kept)}
+    return {"vocab_original": len(vocab), "vocab_seen": len(counts), "vocab_kept": len(kept)}
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,9 @@ class Variant:
 
 @dataclass(frozen=True)
 class Compressed:
-    """The FP32 reference, the primary INT8 model and, with trimming, INT8 at full vocabulary.
+    """The edge model's FP32 reference, its primary INT8 model and, with trimming, INT8 at full
+    vocabulary; with a distilled student, also the teacher's FP32 model (the cloud tier) and its
+    INT8 twin (what the edge would serve without distillation), for the benchmark.
 
     ``fused`` is the FP32 graph the INT8 models are quantized from, for the fallback.
     """
@@ -217,20 +225,53 @@ class Compressed:
     recipe: Recipe
     info: dict[str, float]
 
+    @property
+    def cloud_name(self) -> str:
+        """The cloud tier's variant: the teacher, which is the edge model's own FP32 without distillation."""
+        return TEACHER_FP32 if TEACHER_FP32 in self.variants else "fp32"
+
+    @property
+    def cloud(self) -> Variant:
+        return self.variants[self.cloud_name]
+
 
 def _fused(onnx_model: Path, settings: CompressConfig, output: Path) -> Path:
     return fuse_graph(onnx_model, output) if settings.optimize else onnx_model
 
 
-def compress(checkpoint: Path, corpus: list[str], settings: CompressConfig, output: Path) -> Compressed:
-    """Export FP32; optionally trim the vocabulary; fuse; quantize with the primary recipe."""
+def compress(
+    checkpoint: Path,
+    corpus: list[str],
+    settings: CompressConfig,
+    output: Path,
+    teacher: Path | None = None,
+) -> Compressed:
+    """Export FP32; optionally trim the vocabulary; fuse; quantize with the primary recipe.
+
+    ``teacher`` (the checkpoint ``checkpoint`` was distilled from) is exported too, as the cloud
+    tier, and quantized at full vocabulary as the benchmark's reference.
+    """
     fp32 = export_onnx(checkpoint, output / "fp32")
     recipe = Recipe("primary", settings.per_channel, settings.quantize_embeddings)
     variants = {"fp32": Variant(fp32, fp32.parent / "tokenizer.json")}
     info: dict[str, float] = {"fp32_size_mb": size_mb(fp32)}
+    if teacher is not None:
+        teacher_fp32 = export_onnx(teacher, output / "teacher")
+        teacher_int8 = quantize(
+            _fused(teacher_fp32, settings, output / "teacher-fused.onnx"),
+            output / "teacher-int8.onnx",
+            recipe,
+        )
+        tokenizer = teacher_fp32.parent / "tokenizer.json"
+        variants |= {
+            TEACHER_FP32: Variant(teacher_fp32, tokenizer),
+            TEACHER_INT8: Variant(teacher_int8, tokenizer),
+        }
+        info |= {"teacher_fp32_size_mb": size_mb(teacher_fp32), "teacher_int8_size_mb": size_mb(teacher_int8)}
+    cloud_model = variants[TEACHER_FP32].model if teacher is not None else fp32
     edge_onnx = fp32
     if settings.trim_vocabulary:
-        info |= trim_vocabulary(checkpoint, corpus, output / "trimmed-checkpoint")
+        info |= trim_vocabulary(checkpoint, corpus, output / "trimmed-checkpoint", settings.min_token_count)
         edge_onnx = export_onnx(output / "trimmed-checkpoint", output / "trimmed")
         full = quantize(
             _fused(fp32, settings, output / "fused-full-vocab.onnx"), output / "int8-full-vocab.onnx", recipe
@@ -243,6 +284,7 @@ def compress(checkpoint: Path, corpus: list[str], settings: CompressConfig, outp
     info |= {
         "int8_size_mb": size_mb(int8),
         "size_reduction_pct": 100 * (1 - size_mb(int8) / size_mb(fp32)),
+        "size_reduction_vs_cloud_pct": 100 * (1 - size_mb(int8) / size_mb(cloud_model)),
         "quantized_ops": quantized_op_count(int8),
     }
     (output / "compress.json").write_text(
@@ -253,14 +295,21 @@ def compress(checkpoint: Path, corpus: list[str], settings: CompressConfig, outp
 
 @task(name="compress")
 def compress_model(
-    config: PipelineConfig, data: PreparedData, classifier: Checkpoint, parent_run_id: str
+    config: PipelineConfig,
+    data: PreparedData,
+    edge: Checkpoint,
+    parent_run_id: str,
+    teacher: Checkpoint | None = None,
 ) -> Compressed:
-    """Prefect task: export and quantize the classifier, a nested MLflow run with the sizes."""
+    """Prefect task: export and quantize the edge model (and export its teacher), a nested MLflow
+    run with the sizes."""
     output = config.work_dir.resolve() / "compress" / parent_run_id
     corpus = pd.concat([data.frame(name)["text"] for name in ("train", "validation", "calibration")]).tolist()
     with tracking.stage_run(parent_run_id, "compress") as run_id:
         tracking.log_params(run_id, config.compress.model_dump(mode="json"))
-        compressed = compress(classifier.path, corpus, config.compress, output)
+        compressed = compress(
+            edge.path, corpus, config.compress, output, teacher.path if teacher is not None else None
+        )
         tracking.log_metrics(run_id, compressed.info)
         tracking.log_text(
             run_id, json.dumps(op_counts(compressed.variants["int8"].model), indent=2), "int8_op_counts.json"

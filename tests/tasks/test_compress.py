@@ -9,7 +9,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks.compress import (
+    TEACHER_FP32,
+    TEACHER_INT8,
     Recipe,
+    compress,
     export_onnx,
     fallback_recipes,
     op_counts,
@@ -113,3 +116,36 @@ def test_vocabulary_trimming_keeps_predictions_on_in_vocabulary_text(
     # An unseen word is spelled from kept characters, not lost to [UNK].
     ids = trimmed_tokenizer("zzyzx")["input_ids"]
     assert trimmed_tokenizer.unk_token_id not in ids
+
+
+def test_with_a_teacher_the_cloud_tier_is_the_teacher_and_its_int8_twin_is_the_reference(
+    tiny_student, tiny_classifier, tiny_prepared, tmp_path
+):
+    config, data = tiny_prepared
+    corpus = data.frame("train")["text"].tolist()
+    compressed = compress(
+        tiny_student, corpus, config.compress, tmp_path / "compress", teacher=tiny_classifier
+    )
+    assert set(compressed.variants) == {"fp32", "int8", TEACHER_FP32, TEACHER_INT8}
+    assert compressed.cloud_name == TEACHER_FP32 and compressed.cloud == compressed.variants[TEACHER_FP32]
+    softmax = {name: op_counts(v.model).get("Softmax", 0) for name, v in compressed.variants.items()}
+    assert softmax == {"fp32": 1, "int8": 1, TEACHER_FP32: 2, TEACHER_INT8: 2}
+    info = compressed.info
+    assert info["size_reduction_vs_cloud_pct"] > info["size_reduction_pct"] > 0
+    # Without a teacher the cloud tier is the edge model's own FP32 twin.
+    alone = compress(tiny_student, corpus, config.compress, tmp_path / "alone")
+    assert alone.cloud_name == "fp32" and TEACHER_FP32 not in alone.variants
+
+
+def test_a_token_count_floor_trims_rare_pieces_and_still_spells_them(
+    tiny_classifier, tiny_prepared, tmp_path
+):
+    _, data = tiny_prepared
+    corpus = data.frame("train")["text"].tolist()
+    every = trim_vocabulary(tiny_classifier, corpus, tmp_path / "every")
+    frequent = trim_vocabulary(tiny_classifier, corpus, tmp_path / "frequent", min_count=5)
+    assert every["vocab_seen"] == frequent["vocab_seen"]
+    assert frequent["vocab_kept"] < every["vocab_kept"] <= every["vocab_original"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "frequent")
+    encoded = tokenizer(corpus[:100])["input_ids"]
+    assert all(tokenizer.unk_token_id not in ids for ids in encoded)
