@@ -1,10 +1,22 @@
 """Router calibration: the temperature, then the confidence threshold for a stated target.
 
 On the calibration split: fit the temperature of the edge model's softmax (negative
-log-likelihood), sweep the minimum edge confidence over every value it can usefully take, and
-pick the threshold that meets the target of `RouterConfig`. The sweep runs the runtime's own
-decision rule (`edgeroute.router.escalation_reasons`) and the cloud sees masked text, as in
-production. Then the calibrated runtime `Router` is evaluated on the untouched test split.
+log-likelihood), evaluate the runtime's own decision rule (`edgeroute.router.escalation_reasons`)
+at every threshold of a grid fixed before any data is seen, and pick the threshold that meets the
+target of `RouterConfig`; the cloud sees masked text, as in production. Then the calibrated
+runtime `Router` is evaluated on the untouched test split.
+
+The guarantee holds for the threshold picked, not only at each threshold alone (the thresholds
+are searched, so per-threshold bounds would overstate it). ``max_edge_share_within`` is
+Learn-then-Test (Angelopoulos, Bates, Candès, Jordan and Lei, "Learn then Test: Calibrating
+Predictive Algorithms to Achieve Risk Control", 2021) with fixed-sequence testing (Bauer, 1991):
+the risk is the share of queries answered on the edge and wrong where the cloud is right (it
+bounds the accuracy the router gives up against cloud-only); each threshold's null hypothesis
+"risk > tolerance" gets the exact binomial p-value ``P(Binomial(n, tolerance) <= harmful)``;
+thresholds are tested from the most cautious down and the search stops at the first that is not
+rejected at level ``delta``. With probability at least ``1 - delta`` over the calibration split,
+the chosen threshold's risk is within the tolerance. ``edge_accuracy`` bounds the edge-answered
+accuracy of every grid threshold at once (Clopper-Pearson at ``delta / len(grid)``, Bonferroni).
 """
 
 from __future__ import annotations
@@ -36,9 +48,14 @@ from tasks.compress import Variant
 from tasks.data import PreparedData
 
 CURVE_COLUMNS = (
-    "min_confidence", "edge_share", "system_accuracy", "accuracy_drop_upper", "edge_accuracy",
+    "min_confidence", "edge_share", "system_accuracy", "harm_rate", "harm_p_value", "edge_accuracy",
     "edge_accuracy_lower", "cost_per_query",
 )  # fmt: skip
+# The thresholds tested, fixed in advance (Learn-then-Test needs a grid that does not depend on the
+# calibration data): steps of 0.01, and finer towards 1 where confident models put most queries.
+THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0, 1, 101), 1 - np.logspace(-6, -2, 41)]), 10))
+LTT = "Learn-then-Test, fixed-sequence, binomial p-values"
+BONFERRONI = "Clopper-Pearson, Bonferroni over the grid"
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -80,35 +97,36 @@ def clopper_pearson_lower(successes: np.ndarray, trials: np.ndarray, delta: floa
     return np.where(successes > 0, np.nan_to_num(bound), 0.0)
 
 
+def binomial_p_value(harmful: np.ndarray, trials: int, tolerance: float) -> np.ndarray:
+    """Exact p-value of "risk > tolerance" given ``harmful`` events in ``trials``: P(Bin(n, tol) <= k)."""
+    from scipy.stats import binom
+
+    return binom.cdf(np.asarray(harmful), trials, tolerance)
+
+
 def sweep(
     features: Features,
     edge_correct: np.ndarray,
     cloud_correct: np.ndarray,
     settings: RouterSettings,
-    delta: float,
+    config: RouterConfig,
 ) -> pd.DataFrame:
-    """Edge share, system and edge accuracy, and cost per query for every useful threshold.
+    """Edge share, system and edge accuracy, risk and cost per query at every grid threshold.
 
-    With each accuracy, a one-sided bound at confidence ``1 - delta``: the most system accuracy
-    could drop against cloud-only (normal approximation of the mean paired difference), and the
-    least edge-answered accuracy could be (Clopper-Pearson).
+    ``harm_rate`` is the share of all queries answered on the edge and wrong where the cloud is
+    right, with its p-value against ``config.tolerance``; ``edge_accuracy_lower`` the
+    Clopper-Pearson bound of the edge-answered accuracy, at ``config.delta`` over the whole grid.
     """
-    from scipy.stats import norm
-
-    z = norm.ppf(1 - delta)
-    thresholds = np.unique(np.concatenate([[0.0], features.confidence.astype(np.float64), [1.0]]))
     rows = []
-    for threshold in thresholds:
+    for threshold in THRESHOLDS:
         escalate = escalation_reasons(features, replace(settings, min_confidence=float(threshold)))
         on_edge = escalate == OPTIMAL_EDGE
-        # Per query, what answering on the edge costs in accuracy against the cloud (-1, 0 or 1).
-        drop = np.where(on_edge, cloud_correct.astype(int) - edge_correct.astype(int), 0)
         rows.append(
             {
                 "min_confidence": float(threshold),
                 "edge_share": on_edge.mean(),
                 "system_accuracy": np.where(on_edge, edge_correct, cloud_correct).mean(),
-                "accuracy_drop_upper": drop.mean() + z * drop.std(ddof=1) / np.sqrt(len(drop)),
+                "harmful": int((on_edge & ~edge_correct & cloud_correct).sum()),
                 "edge_accuracy": edge_correct[on_edge].mean() if on_edge.any() else np.nan,
                 "edge_correct": int(edge_correct[on_edge].sum()),
                 "edge_answered": int(on_edge.sum()),
@@ -116,8 +134,19 @@ def sweep(
             }
         )
     curve = pd.DataFrame(rows)
-    curve["edge_accuracy_lower"] = clopper_pearson_lower(curve["edge_correct"], curve["edge_answered"], delta)
+    n = len(edge_correct)
+    curve["harm_rate"] = curve["harmful"] / n
+    curve["harm_p_value"] = binomial_p_value(curve["harmful"], n, config.tolerance)
+    curve["edge_accuracy_lower"] = clopper_pearson_lower(
+        curve["edge_correct"], curve["edge_answered"], config.delta / len(curve)
+    )
     return curve[list(CURVE_COLUMNS)]
+
+
+def fixed_sequence(p_values: np.ndarray, delta: float) -> int | None:
+    """Fixed-sequence testing: the last index of the leading run of p-values <= ``delta``, or None."""
+    rejected = np.cumprod(np.asarray(p_values) <= delta).astype(bool)
+    return int(rejected.sum()) - 1 if rejected.any() else None
 
 
 def choose(curve: pd.DataFrame, config: RouterConfig) -> tuple[pd.Series, bool]:
@@ -132,14 +161,12 @@ def choose(curve: pd.DataFrame, config: RouterConfig) -> tuple[pd.Series, bool]:
         feasible = curve["edge_share"] >= config.edge_share - 1e-12
         return (curve[feasible].iloc[-1], True) if feasible.any() else (curve.iloc[0], False)
     if config.target == "max_edge_share_within":
-        # Only thresholds above which the bound holds all the way up: a lone feasible point among
-        # infeasible ones is calibration noise, and picking it would not hold on new data.
-        feasible = curve["accuracy_drop_upper"] <= config.tolerance
-        feasible = pd.Series(feasible.to_numpy()[::-1].cumprod()[::-1].astype(bool), index=curve.index)
-    else:
-        # The Clopper-Pearson bound widens as fewer queries stay on the edge, so it is not
-        # monotone in the threshold; it already allows for the noise of its own sample.
-        feasible = curve["edge_accuracy_lower"] >= config.edge_accuracy
+        # From the most cautious threshold down, as long as each null is rejected (Learn-then-Test).
+        descending = curve.iloc[::-1]
+        last = fixed_sequence(descending["harm_p_value"].to_numpy(), config.delta)
+        return (descending.iloc[last], True) if last is not None else (curve.iloc[-1], False)
+    # The bound holds for every grid threshold at once, so any that clears it may be picked.
+    feasible = curve["edge_accuracy_lower"] >= config.edge_accuracy
     return (curve[feasible].iloc[0], True) if feasible.any() else (curve.iloc[-1], False)
 
 
@@ -204,12 +231,12 @@ def calibrate(
     features = compute_features(texts, logits, tokens, settings)
     edge_correct = features.label == truth
     cloud_right = cloud_correct(cloud, texts, labels)
-    curve = sweep(features, edge_correct, cloud_right, settings, config.delta)
+    curve = sweep(features, edge_correct, cloud_right, settings, config)
     chosen, met = choose(curve, config)
     target = {"target": config.target} | {
-        "max_edge_share_within": {"tolerance": config.tolerance, "delta": config.delta},
+        "max_edge_share_within": {"tolerance": config.tolerance, "delta": config.delta, "method": LTT},
         "edge_share": {"edge_share": config.edge_share},
-        "edge_accuracy": {"edge_accuracy": config.edge_accuracy, "delta": config.delta},
+        "edge_accuracy": {"edge_accuracy": config.edge_accuracy, "delta": config.delta, "method": BONFERRONI},
     }[config.target]
     settings = replace(
         settings,

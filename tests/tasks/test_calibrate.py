@@ -11,11 +11,14 @@ from edgeroute.model import softmax
 from edgeroute.router import Features, RouterSettings
 from tasks.calibrate import (
     CURVE_COLUMNS,
+    THRESHOLDS,
+    binomial_p_value,
     choose,
     clopper_pearson_lower,
     evaluate,
     expected_calibration_error,
     fit_temperature,
+    fixed_sequence,
     sweep,
 )
 
@@ -88,17 +91,60 @@ def test_each_target_is_met_on_held_out_data(target, met):
     rng = np.random.default_rng(7)
     config = RouterConfig(**target)
     calibration = synthetic_routing(rng, 5000)
-    curve = sweep(*calibration, RouterSettings(), config.delta)
+    curve = sweep(*calibration, RouterSettings(), config)
     chosen, feasible = choose(curve, config)
     assert feasible
     assert 0.2 < chosen["edge_share"] < 0.95, "a target that is neither trivial nor impossible"
     assert met(held_out(*synthetic_routing(rng, 20000), chosen["min_confidence"]))
 
 
+def test_fixed_sequence_testing_stops_at_the_first_hypothesis_it_cannot_reject():
+    assert fixed_sequence(np.array([0.001, 0.04, 0.2, 0.001]), 0.05) == 1
+    assert fixed_sequence(np.array([0.001, 0.001]), 0.05) == 1
+    assert fixed_sequence(np.array([0.3, 0.001]), 0.05) is None
+
+
+def test_the_binomial_p_value_is_the_chance_of_so_few_harms_at_the_tolerance():
+    # No harm in n queries: the chance of that when the risk is the tolerance is (1 - tol)^n.
+    assert binomial_p_value(np.array([0]), 300, 0.01)[0] == pytest.approx(0.99**300)
+    p = binomial_p_value(np.array([0, 1, 3, 10]), 500, 0.01)
+    assert np.all(np.diff(p) > 0) and p[-1] > 0.5
+
+
+def _true_harm(features, threshold: float, cloud_accuracy: float) -> float:
+    """The expected share answered on the edge and wrong where the cloud is right."""
+    on_edge = (features.confidence >= threshold) & (features.complexity <= 0.75)
+    return float(np.mean(on_edge * (1 - features.confidence) * cloud_accuracy))
+
+
+def test_learn_then_test_holds_its_guarantee_over_the_thresholds_it_searches():
+    """Across many calibration splits the chosen threshold's true risk exceeds the tolerance in at
+    most about ``delta`` of them, although each split's search looks at every grid threshold."""
+    rng = np.random.default_rng(11)
+    config = RouterConfig(tolerance=0.02, delta=0.1)
+    population = synthetic_routing(rng, 200_000)[0]
+    violations, shares = 0, []
+    draws = 150
+    for _ in range(draws):
+        calibration = synthetic_routing(rng, 600)
+        chosen, met = choose(sweep(*calibration, RouterSettings(), config), config)
+        assert met
+        violations += _true_harm(population, chosen["min_confidence"], 0.93) > config.tolerance
+        shares.append(chosen["edge_share"])
+    # Binomial(150, 0.1) exceeds 25 with probability under 1 %; the search is not trivial either.
+    assert violations <= 25
+    assert 0.3 < np.mean(shares) < 0.95
+
+
+def test_the_grid_is_fixed_before_the_data_and_fine_near_one():
+    assert THRESHOLDS[0] == 0 and THRESHOLDS[-1] == 1 and np.all(np.diff(THRESHOLDS) > 0)
+    assert (THRESHOLDS > 0.999).sum() >= 10
+
+
 def test_the_curve_is_monotone_and_costs_follow_the_edge_share():
     calibration = synthetic_routing(np.random.default_rng(1), 2000)
     settings = RouterSettings()
-    curve = sweep(*calibration, settings, 0.05)
+    curve = sweep(*calibration, settings, RouterConfig())
     assert list(curve.columns) == list(CURVE_COLUMNS)
     assert curve["edge_share"].is_monotonic_decreasing
     expected = settings.costs.edge + (1 - curve["edge_share"]) * settings.costs.cloud
@@ -107,8 +153,9 @@ def test_the_curve_is_monotone_and_costs_follow_the_edge_share():
 
 def test_an_impossible_target_sends_what_it_can_to_the_cloud():
     calibration = synthetic_routing(np.random.default_rng(2), 1000)
-    curve = sweep(*calibration, RouterSettings(), 0.05)
-    chosen, feasible = choose(curve, RouterConfig(target="edge_accuracy", edge_accuracy=0.999))
+    config = RouterConfig(target="edge_accuracy", edge_accuracy=0.999)
+    curve = sweep(*calibration, RouterSettings(), config)
+    chosen, feasible = choose(curve, config)
     assert not feasible
     assert chosen["min_confidence"] == 1.0 and chosen["edge_share"] == curve["edge_share"].min()
 
