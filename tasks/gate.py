@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from edgeroute.config import GateConfig, PipelineConfig
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks import tracking
+from tasks.calibrate import Calibration
 from tasks.compress import Compressed, Recipe, Variant, fallback_recipes, quantize, weight_nodes
 from tasks.data import PreparedData
 from tasks.evaluate import benchmark
@@ -190,3 +191,80 @@ def gate_model(
         tracking.set_tags(run_id, {"recipe": json.dumps(chosen.recipe.__dict__, default=list)})
     create_markdown_artifact(key="gate-report", markdown=text, description="Gate passed")
     return GateDecision(Variant(paths[chosen.recipe], int8.tokenizer), chosen.recipe, chosen.metrics, text)
+
+
+def system_checks(router: Metrics, settings: GateConfig) -> list[Check]:
+    """The routed system on the test split: what it keeps of cloud-only accuracy, and its edge share."""
+    return [
+        Check(
+            "system_retention",
+            router["test_accuracy"] / router["test_cloud_only_accuracy"],
+            settings.min_system_retention,
+            True,
+        ),
+        Check("edge_share", router["test_edge_share"], settings.min_edge_share, True),
+    ]
+
+
+def gap_recovered(router: Metrics) -> float:
+    """The share of the edge-to-cloud accuracy gap the routed system closes (NaN without a gap)."""
+    gap = router["test_cloud_only_accuracy"] - router["test_edge_only_accuracy"]
+    return (router["test_accuracy"] - router["test_edge_only_accuracy"]) / gap if gap > 0 else float("nan")
+
+
+def system_report(router: Metrics, checks: list[Check]) -> str:
+    """Markdown: the three accuracies, the gap recovered, the edge share and cost, and each check."""
+    m = router
+    cells = [
+        f"{m['test_edge_only_accuracy']:.4f}",
+        f"{m['test_cloud_only_accuracy']:.4f}",
+        f"{m['test_accuracy']:.4f}",
+        f"{100 * gap_recovered(m):.1f} %",
+        f"{100 * m['test_edge_share']:.1f} %",
+        f"${m['test_cost_per_query']:.5f}",
+        f"{100 * m['test_savings_vs_cloud_only']:.1f} %",
+    ]
+    verdict = "pass" if all(c.passed for c in checks) else "FAIL"
+    lines = [
+        "# System gate",
+        "",
+        f"The calibrated router on the test split: **{verdict}**.",
+        "",
+        "| edge only | cloud only | routed | gap recovered | edge share | cost per query | savings |",
+        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(cells) + " |",
+        "",
+        *(f"- {c}" for c in checks),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="system-gate")
+def system_gate(
+    config: PipelineConfig, decision: GateDecision, calibration: Calibration, parent_run_id: str
+) -> str:
+    """Prefect task: pass the calibrated routed system or fail the flow; the report joins the
+    quantization gate's in the ``gate-report`` artifact."""
+    checks = system_checks(calibration.metrics, config.gate)
+    text = system_report(calibration.metrics, checks) + "\n" + decision.report
+    passed = all(c.passed for c in checks)
+    with tracking.stage_run(parent_run_id, "system-gate") as run_id:
+        tracking.log_params(
+            run_id,
+            {
+                "min_system_retention": config.gate.min_system_retention,
+                "min_edge_share": config.gate.min_edge_share,
+            },
+        )
+        tracking.log_metrics(
+            run_id,
+            {c.name: c.value for c in checks}
+            | {"gap_recovered": gap_recovered(calibration.metrics), "passed": float(passed)},
+        )
+        tracking.log_text(run_id, text, "gate_report.md")
+        create_markdown_artifact(
+            key="gate-report", markdown=text, description="System gate " + ("passed" if passed else "failed")
+        )
+        if not passed:
+            raise GateFailed(text)
+    return text

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edgeroute.config import GateConfig
 from tasks.compress import Recipe
-from tasks.gate import Attempt, GateFailed, check, run_gate
+from tasks.gate import Attempt, GateFailed, check, gap_recovered, run_gate, system_checks, system_report
 
 FP32 = {"accuracy": 0.90, "macro_f1": 0.88, "size_mb": 90.0, "p95_ms": 5.0}
 
@@ -75,3 +76,30 @@ def test_when_nothing_passes_the_report_lists_every_attempt():
         assert f"| {number} | {name} | 0.8000 |" in text
     assert "head and layer 0" not in text  # bounded by max_attempts
     assert text.count("accuracy_retention 0.8889 >= 0.99: FAIL") == 3
+
+
+ROUTED = {
+    "test_accuracy": 0.955,
+    "test_cloud_only_accuracy": 0.97,
+    "test_edge_only_accuracy": 0.90,
+    "test_edge_share": 0.85,
+    "test_cost_per_query": 0.003,
+    "test_savings_vs_cloud_only": 0.78,
+}
+
+
+def test_the_system_gate_compares_the_routed_system_with_cloud_only():
+    checks = {c.name: c for c in system_checks(ROUTED, GateConfig())}
+    assert checks["system_retention"].value == pytest.approx(0.955 / 0.97)
+    assert not checks["system_retention"].passed  # 0.9845 < 0.99
+    assert checks["edge_share"].passed  # reported only by default
+    assert all(c.passed for c in system_checks(ROUTED, GateConfig(min_system_retention=0.98)))
+    assert not {c.name: c.passed for c in system_checks(ROUTED, GateConfig(min_edge_share=0.9))}["edge_share"]
+
+
+def test_the_system_report_names_the_figures_and_the_gap_recovered():
+    assert gap_recovered(ROUTED) == pytest.approx((0.955 - 0.90) / (0.97 - 0.90))
+    report = system_report(ROUTED, system_checks(ROUTED, GateConfig()))
+    assert "**FAIL**" in report and "| 0.9000 | 0.9700 | 0.9550 | 78.6 % | 85.0 % |" in report
+    assert "system_retention 0.9845 >= 0.99: FAIL" in report
+    assert np.isnan(gap_recovered(ROUTED | {"test_edge_only_accuracy": 0.97}))
