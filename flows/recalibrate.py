@@ -10,6 +10,7 @@ from tasks import tracking
 from tasks.bundle import recalibrated_bundle
 from tasks.calibrate import calibrate_router
 from tasks.data import prepare_data
+from tasks.gate import system_gate
 from tasks.registry import fetch_bundle, promote_model, register_model
 
 
@@ -31,6 +32,7 @@ def recalibrate_router(
         source = fetch_bundle(model)
         router = source.router()
         calibration = calibrate_router(config, data, router.edge, router.cloud, run_id)
+        system_gate(config, calibration, run_id)
         bundle = recalibrated_bundle(config, data, source, calibration, model, run_id)
         registered = register_model(config, data, bundle, run_id)
         promotion = promote_model(config, data, registered, run_id)

@@ -15,8 +15,9 @@ from tasks.classifier import train_classifier
 from tasks.compress import compress_model
 from tasks.dapt import domain_adapt
 from tasks.data import prepare_data
+from tasks.distill import distill_student
 from tasks.evaluate import benchmark_models
-from tasks.gate import gate_model
+from tasks.gate import gate_model, system_gate
 from tasks.registry import promote_model, register_model
 
 
@@ -35,33 +36,39 @@ def training_pipeline(
         data = prepare_data(config, run_id)
         adapted = domain_adapt(config, data, run_id)
         classifier = train_classifier(config, data, adapted, run_id)
-        for checkpoint in (adapted, classifier):
-            tracking.log_stage_summary(
-                run_id,
-                checkpoint.stage,
-                checkpoint.metrics,
-                {"checkpoint": checkpoint.path, "mlflow_run_id": checkpoint.mlflow_run_id},
-            )
-        compressed = compress_model(config, data, classifier, run_id)
+        student = distill_student(config, data, classifier, run_id) if config.distill.enabled else None
+        for checkpoint in (adapted, classifier, student):
+            if checkpoint is not None:
+                tracking.log_stage_summary(
+                    run_id,
+                    checkpoint.stage,
+                    checkpoint.metrics,
+                    {"checkpoint": checkpoint.path, "mlflow_run_id": checkpoint.mlflow_run_id},
+                )
+        if student is None:
+            compressed = compress_model(config, data, classifier, run_id)
+        else:
+            compressed = compress_model(config, data, student, run_id, teacher=classifier)
         benchmarks = benchmark_models(config, data, compressed, run_id)
         decision = gate_model(config, data, compressed, benchmarks, run_id)
-        edge, cloud = edge_and_cloud(
-            decision.edge, compressed.variants["fp32"], data.labels, config.model.max_length
-        )
+        edge, cloud = edge_and_cloud(decision.edge, compressed.cloud, data.labels, config.model.max_length)
         calibration = calibrate_router(config, data, edge, cloud, run_id)
-        bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, run_id)
+        system_gate(config, calibration, run_id, decision.report)
+        bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, run_id, student)
         registered = register_model(config, data, bundle, run_id)
         promotion = promote_model(config, data, registered, run_id)
+        columns = summary.models(benchmarks, decision.metrics)
         tracking.log_stage_summary(run_id, "edge", decision.metrics, {"recipe": decision.recipe.name})
-        tracking.log_stage_summary(run_id, "cloud", benchmarks["fp32"], {"bundle": bundle})
+        tracking.log_stage_summary(run_id, "cloud", summary.cloud_tier(columns), {"bundle": bundle})
         tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
         tracking.set_tags(
             run_id, {"registered_version": registered.version, "promoted": promotion["promoted"]}
         )
-        figures = (classifier.metrics, benchmarks["fp32"], decision.metrics, calibration.metrics)
+        layers = config.distill.layers if student is not None else None
         markdown = summary.to_markdown(
-            run_name, *figures, calibration.settings.calibration, registered, promotion
-        )
+            run_name, classifier.metrics, columns, layers, calibration.metrics,
+            calibration.settings.calibration, registered, promotion,
+        )  # fmt: skip
         summary.publish_summary(run_id, markdown)
     return {
         "mlflow_run_id": run_id,
@@ -71,7 +78,8 @@ def training_pipeline(
         "data_digest": data.digest,
         "dapt_checkpoint": str(adapted.path),
         "classifier_checkpoint": str(classifier.path),
-        **summary.headline(*figures, promotion),
+        **({"student_checkpoint": str(student.path)} if student is not None else {}),
+        **summary.headline(classifier.metrics, columns, calibration.metrics, promotion),
         "bundle": str(bundle),
         "registered_model": f"models:/{registered.name}/{registered.version}",
         "champion": f"models:/{registered.name}@champion",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,13 +14,15 @@ from tasks import tracking
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed
 from tasks.data import PreparedData
+from tasks.distill import STUDENT
 from tasks.gate import GateDecision
+from tasks.trainer import Checkpoint
 
 
 def bundle_files(compressed: Compressed, decision: GateDecision, calibration: Calibration) -> dict[str, Path]:
-    """Bundle path -> source: INT8 edge, FP32 cloud, router settings, and the cloud tokenizer
-    when it differs from the edge one."""
-    fp32 = compressed.variants["fp32"]
+    """Bundle path -> source: INT8 edge, FP32 cloud (the teacher), router settings, and the cloud
+    tokenizer when it differs from the edge one."""
+    fp32 = compressed.cloud
     files = {
         EDGE_MODEL: decision.edge.model,
         TOKENIZER: decision.edge.tokenizer,
@@ -40,12 +43,13 @@ def bundle_model(
     calibration: Calibration,
     benchmarks: dict[str, dict[str, float]],
     parent_run_id: str,
+    student: Checkpoint | None = None,
 ) -> Path:
     """Prefect task: write the bundle under ``work_dir/bundles/<run id>`` and log it to MLflow."""
     destination = config.work_dir.resolve() / "bundles" / parent_run_id
     metrics = {
         "edge": decision.metrics,
-        "cloud": benchmarks["fp32"],
+        "cloud": benchmarks[compressed.cloud_name],
         "compress": compressed.info,
         "router": calibration.metrics,
     }
@@ -55,8 +59,19 @@ def bundle_model(
         "git_commit": tracking.git_commit(),
         "mlflow_run_id": parent_run_id,
         "base_model": config.model.base,
+        "teacher_base_model": config.model.teacher_base,
         "quantization_recipe": decision.recipe.name,
+        "edge_model": "student" if student is not None else "teacher_int8",
     }
+    if student is not None:
+        record = json.loads((student.path / STUDENT).read_text(encoding="utf-8"))
+        lineage |= {
+            "student_layers": record["layers"],
+            "student_kept_layers": record["kept_layers"],
+            "student_init": record["init"],
+            "distill_alpha": record["alpha"],
+            "distill_temperature": record["temperature"],
+        }
     write_bundle(
         destination,
         bundle_files(compressed, decision, calibration),

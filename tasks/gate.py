@@ -241,12 +241,12 @@ def system_report(router: Metrics, checks: list[Check]) -> str:
 
 @task(name="system-gate")
 def system_gate(
-    config: PipelineConfig, decision: GateDecision, calibration: Calibration, parent_run_id: str
+    config: PipelineConfig, calibration: Calibration, parent_run_id: str, quantization_report: str = ""
 ) -> str:
-    """Prefect task: pass the calibrated routed system or fail the flow; the report joins the
-    quantization gate's in the ``gate-report`` artifact."""
+    """Prefect task: pass the calibrated routed system or fail the flow; the report (followed by
+    the quantization gate's, when there was one) is the ``gate-report`` artifact."""
     checks = system_checks(calibration.metrics, config.gate)
-    text = system_report(calibration.metrics, checks) + "\n" + decision.report
+    text = "\n".join(filter(None, [system_report(calibration.metrics, checks), quantization_report]))
     passed = all(c.passed for c in checks)
     with tracking.stage_run(parent_run_id, "system-gate") as run_id:
         tracking.log_params(

@@ -16,17 +16,42 @@ from tasks import tracking
 Metrics = dict[str, float]
 
 
+# Benchmark columns in the order a reader compares them: the cloud tier, the edge model without
+# distillation, the student before quantization, then the INT8 model served at the edge.
+COLUMNS = {
+    "teacher_fp32": "teacher FP32 (cloud tier)",
+    "teacher_int8": "teacher INT8 (no distillation)",
+    "fp32": "FP32",
+    "edge": "INT8 (edge tier)",
+}
+
+
+def models(benchmarks: dict[str, Metrics], edge: Metrics) -> dict[str, Metrics]:
+    """The summary's model columns: each benchmarked model, with ``edge`` the INT8 model that passed
+    the gate. Without distillation ``fp32`` is the teacher and the cloud tier."""
+    names = ("teacher_fp32", "teacher_int8", "fp32")
+    return {name: benchmarks[name] for name in names if name in benchmarks} | {"edge": edge}
+
+
+def cloud_tier(columns: dict[str, Metrics]) -> Metrics:
+    """The cloud tier's benchmark: the teacher's FP32 model."""
+    return columns.get("teacher_fp32", columns["fp32"])
+
+
 def headline(
-    classifier: Metrics, fp32: Metrics, int8: Metrics, router: Metrics, promotion: dict[str, Any]
+    classifier: Metrics, columns: dict[str, Metrics], router: Metrics, promotion: dict[str, Any]
 ) -> dict[str, str]:
     """The figures of the summary as short strings, for the CLI and the flow's return value."""
+    cloud, fp32, edge = cloud_tier(columns), columns["fp32"], columns["edge"]
     return {
         "test_accuracy": f"{classifier['test_accuracy']:.4f}",
         "test_macro_f1": f"{classifier['test_macro_f1']:.4f}",
         "tfidf_test_accuracy": f"{classifier['baseline_tfidf_test_accuracy']:.4f}",
-        "int8_size_reduction": f"{100 * (1 - int8['size_mb'] / fp32['size_mb']):.1f} %",
-        "int8_accuracy_kept": f"{100 * int8['accuracy'] / fp32['accuracy']:.2f} %",
-        "p50_ms_fp32_int8": f"{fp32['p50_ms']:.2f} / {int8['p50_ms']:.2f}",
+        "edge_accuracy": f"{edge['accuracy']:.4f}",
+        "int8_size_reduction": f"{100 * (1 - edge['size_mb'] / cloud['size_mb']):.1f} %",
+        "int8_accuracy_kept": f"{100 * edge['accuracy'] / fp32['accuracy']:.2f} %",
+        "edge_accuracy_vs_cloud": f"{100 * edge['accuracy'] / cloud['accuracy']:.2f} %",
+        "p50_ms_cloud_edge": f"{cloud['p50_ms']:.2f} / {edge['p50_ms']:.2f}",
         "router_edge_share": f"{100 * router['test_edge_share']:.1f} %",
         "router_accuracy": f"{router['test_accuracy']:.4f}",
         "cloud_only_accuracy": f"{router['test_cloud_only_accuracy']:.4f}",
@@ -35,41 +60,73 @@ def headline(
     }
 
 
+def _row(name: str, columns: dict[str, Metrics], cell) -> str:
+    return f"| {name} | " + " | ".join(cell(m) for m in columns.values()) + " |"
+
+
+def _relative(model: Metrics, cloud: Metrics, key: str, what: str) -> str:
+    """`` (N % smaller)`` or `` (N % kept)`` against the cloud tier; nothing for the cloud tier itself."""
+    if model is cloud:
+        return ""
+    share = model[key] / cloud[key]
+    return f" ({100 * (1 - share if what == 'smaller' else share):.1f} % {what})"
+
+
+def model_table(columns: dict[str, Metrics], student_layers: int | None) -> str:
+    """One column per model: size, accuracy, macro-F1, latency, throughput."""
+    cloud = cloud_tier(columns)
+    names = dict(COLUMNS)
+    if student_layers is not None:
+        layers = f"{student_layers} layer{'s' if student_layers > 1 else ''}"
+        names |= {"fp32": f"student FP32 ({layers})", "edge": "student INT8 (edge tier)"}
+    else:
+        names["fp32"] = "FP32 (cloud tier)"
+    header = "| | " + " | ".join(names[n] for n in columns) + " |"
+    rows = [
+        header,
+        "|---|" + "---|" * len(columns),
+        _row("size", columns, lambda m: f"{m['size_mb']:.2f} MB" + _relative(m, cloud, "size_mb", "smaller")),
+        _row("accuracy", columns, lambda m: f"{m['accuracy']:.4f}" + _relative(m, cloud, "accuracy", "kept")),
+        _row("macro-F1", columns, lambda m: f"{m['macro_f1']:.4f}"),
+        _row("p50 / p95 latency (1 thread)", columns, lambda m: f"{m['p50_ms']:.2f} / {m['p95_ms']:.2f} ms"),
+        _row("throughput", columns, lambda m: f"{m['throughput_per_s']:.0f} msg/s"),
+    ]
+    return "\n".join(rows)
+
+
 def to_markdown(
     run_name: str,
     classifier: Metrics,
-    fp32: Metrics,
-    int8: Metrics,
+    columns: dict[str, Metrics],
+    student_layers: int | None,
     router: Metrics,
     calibration: dict[str, Any],
     registered: Any,
     promotion: dict[str, Any],
 ) -> str:
-    kept = 100 * int8["accuracy"] / fp32["accuracy"]
-    smaller = 100 * (1 - int8["size_mb"] / fp32["size_mb"])
+    fp32, edge = columns["fp32"], columns["edge"]
+    kept = 100 * edge["accuracy"] / fp32["accuracy"]
     params = ", ".join(
-        f"{k} {v}" for k, v in calibration.items() if k not in {"target", "target_met", "calibration_rows"}
+        f"{k} {v}"
+        for k, v in calibration.items()
+        if k not in {"target", "target_met", "calibration_rows", "method"}
     )
     met = "met" if calibration["target_met"] else "NOT met"
-    target = f"`{calibration['target']}` ({params}; {met} on the calibration split)"
+    method = f" by {calibration['method']}" if "method" in calibration else ""
+    target = f"`{calibration['target']}` ({params}; {met}{method} on the calibration split)"
     outcome = (
         f"**promoted to champion** ({promotion['reason']})"
         if promotion["promoted"]
         else f"**not promoted**: champion stays v{promotion['champion']} ({promotion['reason']})"
     )
+    tier = "Teacher (cloud tier)" if student_layers is not None else "Classifier"
     return f"""# Training run `{run_name}`
 
-Classifier on the test split: accuracy **{classifier["test_accuracy"]:.4f}**, macro-F1 \
-{classifier["test_macro_f1"]:.4f} (TF-IDF baseline {classifier["baseline_tfidf_test_accuracy"]:.4f}).
+{tier} on the test split: accuracy **{classifier["test_accuracy"]:.4f}**, macro-F1 \
+{classifier["test_macro_f1"]:.4f} (TF-IDF baseline {classifier["baseline_tfidf_test_accuracy"]:.4f}). \
+The INT8 edge model keeps **{kept:.2f} %** of its FP32 accuracy (percentages below: of the cloud tier).
 
-| | FP32 (cloud tier) | INT8 (edge tier) |
-|---|---|---|
-| size | {fp32["size_mb"]:.2f} MB | {int8["size_mb"]:.2f} MB (**{smaller:.1f} % smaller**) |
-| accuracy | {fp32["accuracy"]:.4f} | {int8["accuracy"]:.4f} (**{kept:.2f} % kept**) |
-| macro-F1 | {fp32["macro_f1"]:.4f} | {int8["macro_f1"]:.4f} |
-| p50 / p95 latency (1 thread) | {fp32["p50_ms"]:.2f} / {fp32["p95_ms"]:.2f} ms | \
-{int8["p50_ms"]:.2f} / {int8["p95_ms"]:.2f} ms |
-| throughput | {fp32["throughput_per_s"]:.0f} msg/s | {int8["throughput_per_s"]:.0f} msg/s |
+{model_table(columns, student_layers)}
 
 ## Router (test split)
 Target: {target}; temperature {router["temperature"]:.3f}, \

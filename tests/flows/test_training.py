@@ -15,8 +15,9 @@ from prefect.client.schemas.filters import (
 )
 
 import tasks.classifier
-from edgeroute.bundle import load_bundle
+from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, load_bundle
 from flows.training import training_pipeline
+from tasks.compress import op_counts
 from tasks.data import SPLITS, DataValidationError
 from tasks.gate import GateFailed
 from tests.services import task_states
@@ -46,7 +47,8 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
         )
     }
     assert set(children) == {
-        "data", "dapt", "classifier", "compress", "benchmark", "gate", "calibrate", "register", "promote",
+        "data", "dapt", "classifier", "distill", "compress", "benchmark", "gate", "calibrate", "system-gate",
+        "register", "promote",
     }  # fmt: skip
     champion = client.get_model_version_by_alias("edgeroute", "champion")
     assert result["registered_model"] == f"models:/edgeroute/{champion.version}"
@@ -68,11 +70,15 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
         == children["classifier"].data.metrics["test_macro_f1"]
     )
     assert parent.data.tags["dapt.checkpoint"] == result["dapt_checkpoint"]
+    distill = children["distill"]
+    losses = [m.value for m in client.get_metric_history(distill.info.run_id, "train_loss")]
+    assert len(losses) >= 2 and losses[-1] < losses[0], "the distillation loss falls"
+    assert distill.data.metrics["student_layers"] == 1 and distill.data.tags["student_init"] == "teacher"
     assert children["compress"].data.metrics["quantized_ops"] > 0
-    assert (
-        children["benchmark"].data.metrics["int8.size_mb"]
-        < children["benchmark"].data.metrics["fp32.size_mb"]
-    )
+    sizes = {k: v for k, v in children["benchmark"].data.metrics.items() if k.endswith(".size_mb")}
+    assert sizes["int8.size_mb"] < sizes["fp32.size_mb"] < sizes["teacher_fp32.size_mb"]
+    assert sizes["int8.size_mb"] < sizes["teacher_int8.size_mb"]
+    assert children["system-gate"].data.metrics["passed"] == 1
     assert "gate_report.md" in {a.path for a in client.list_artifacts(children["gate"].info.run_id)}
     calibrate = children["calibrate"]
     assert {a.path for a in client.list_artifacts(calibrate.info.run_id)} >= {
@@ -87,6 +93,12 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
     assert settings.calibration["target"] == "max_edge_share_within"
     assert bundle.manifest["metrics"]["router"]["test_accuracy"] == calibrate.data.metrics["test_accuracy"]
     assert bundle.manifest["lineage"]["mlflow_run_id"] == parent.info.run_id
+    lineage = bundle.manifest["lineage"]
+    assert lineage["edge_model"] == "student" and lineage["student_layers"] == 1
+    assert lineage["student_kept_layers"] == [0] and lineage["teacher_base_model"] == "tiny"
+    assert champion.tags["lineage.student_layers"] == "1"
+    cloud_accuracy = bundle.manifest["metrics"]["cloud"]["accuracy"]
+    assert cloud_accuracy == pytest.approx(children["benchmark"].data.metrics["teacher_fp32.accuracy"])
     assert bundle.manifest["lineage"]["data_digest"] == result["data_digest"]
     child = children["data"]
     assert child.data.tags["data.digest"] == result["data_digest"]
@@ -135,8 +147,10 @@ def test_a_rerun_takes_finished_stages_from_the_cache(tmp_path, mlflow_uri):
     overrides = [f"work_dir={tmp_path / 'work'}"]
     first = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
     second = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
-    assert _task_states(first)["domain-adapt"] == _task_states(first)["train-classifier"] == "Completed"
-    assert _task_states(second)["domain-adapt"] == _task_states(second)["train-classifier"] == "Cached"
+    stages = ("domain-adapt", "train-classifier", "distill-student")
+    assert {_task_states(first)[stage] for stage in stages} == {"Completed"}
+    assert {_task_states(second)[stage] for stage in stages} == {"Cached"}
+    assert second.result()["student_checkpoint"] == first.result()["student_checkpoint"]
     assert _task_states(second)["bundle"] == "Completed"
     assert second.result()["classifier_checkpoint"] == first.result()["classifier_checkpoint"]
     other_seed = training_pipeline(
@@ -144,6 +158,11 @@ def test_a_rerun_takes_finished_stages_from_the_cache(tmp_path, mlflow_uri):
     )
     assert _task_states(other_seed)["domain-adapt"] == "Cached"
     assert _task_states(other_seed)["train-classifier"] == "Completed"
+    other_student = training_pipeline(
+        preset="tiny", overrides=[*overrides, "distill.alpha=0.9"], return_state=True
+    )
+    assert _task_states(other_student)["train-classifier"] == "Cached"
+    assert _task_states(other_student)["distill-student"] == "Completed"
 
 
 def test_a_crash_in_a_later_stage_keeps_the_earlier_ones(tmp_path, mlflow_uri, monkeypatch):
@@ -218,3 +237,76 @@ def test_without_dapt_the_classifier_starts_from_the_base_model(tmp_path, mlflow
         tmp_path / "work" / "models" / result["data_digest"][:16] / "tiny-bert"
     )
     assert parent.data.tags["base.checkpoint"] == result["dapt_checkpoint"]
+
+
+def _gate_report(state) -> str:
+    """The latest ``gate-report`` artifact of a flow run."""
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gate-report"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        )
+    return max(artifacts, key=lambda a: a.created).data
+
+
+def test_a_system_gate_that_cannot_pass_fails_the_flow_and_registers_nothing(tmp_path, mlflow_uri):
+    overrides = [f"work_dir={tmp_path / 'work'}", "gate.min_system_retention=1.5"]
+    state = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    assert _task_states(state)["gate"] == "Completed" and _task_states(state)["system-gate"] == "Failed"
+    with pytest.raises(GateFailed) as failed:
+        state.result()
+    report = str(failed.value)
+    assert "# System gate" in report and "system_retention" in report and ">= 1.5: FAIL" in report
+    assert "| edge only | cloud only | routed |" in report and "# Quantization gate" in report
+    assert _gate_report(state) == report
+    assert not (tmp_path / "work" / "bundles").exists()
+    client = MlflowClient(mlflow_uri)
+    assert client.search_registered_models() == []
+    runs = {
+        r.info.run_name: r
+        for r in client.search_runs([client.get_experiment_by_name("edgeroute").experiment_id])
+    }
+    assert runs["system-gate"].info.status == "FAILED" and runs["system-gate"].data.metrics["passed"] == 0
+
+
+def test_without_distillation_the_edge_is_the_teachers_int8_twin(tmp_path, mlflow_uri):
+    result = training_pipeline(
+        preset="tiny", overrides=[f"work_dir={tmp_path / 'work'}", "distill.enabled=false"]
+    )
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    children = {
+        run.info.run_name: run
+        for run in client.search_runs(
+            [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
+    }
+    assert "distill" not in children and "student_checkpoint" not in result
+    assert not any(k.startswith("teacher_") for k in children["benchmark"].data.metrics)
+    bundle = load_bundle(Path(result["bundle"]))
+    softmax = {name: op_counts(bundle.path / name)["Softmax"] for name in (EDGE_MODEL, CLOUD_MODEL)}
+    assert softmax == {EDGE_MODEL: 2, CLOUD_MODEL: 2}
+    assert bundle.manifest["lineage"]["edge_model"] == "teacher_int8"
+    assert "student_layers" not in bundle.manifest["lineage"]
+    assert "| | FP32 (cloud tier) | INT8 (edge tier) |" in result["summary"]
+
+
+def test_escalation_lifts_a_weak_student_towards_its_teacher(tmp_path, mlflow_uri):
+    """A student wrecked by a learning rate far too high: the router sends its doubtful answers
+    to the teacher, and the routed system is right more often than the student alone."""
+    overrides = [
+        f"work_dir={tmp_path / 'work'}", "distill.epochs=1", "distill.learning_rate=1.0",
+        "router.tolerance=0.1", "gate.min_system_retention=0.9",
+    ]  # fmt: skip
+    result = training_pipeline(preset="tiny", overrides=overrides)
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    (calibrate,) = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.mlflow.runName = 'calibrate'",
+    )
+    m = calibrate.data.metrics
+    assert m["test_edge_only_accuracy"] < m["test_cloud_only_accuracy"], "the student is the weaker tier"
+    assert m["test_accuracy"] > m["test_edge_only_accuracy"]
+    assert m["test_edge_share"] < 1

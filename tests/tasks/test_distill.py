@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks.compress import export_onnx, op_counts
-from tasks.distill import NO_LABEL, STUDENT, build_student, distillation_loss, select_layers
+from tasks.distill import NO_LABEL, STUDENT, build_student, distill, distillation_loss, select_layers
 
 
 def test_the_student_keeps_the_bottom_or_spread_out_layers():
@@ -95,3 +95,21 @@ def test_the_distilled_student_is_a_smaller_working_classifier(
     # Better than always answering the most common class of the test split.
     majority = test["label"].value_counts(normalize=True).iloc[0]
     assert np.mean(np.array(predicted) == test["label"].to_numpy()) > majority
+
+
+def test_under_a_cloud_base_the_student_starts_from_the_edge_base(tiny_prepared, tiny_classifier, tmp_path):
+    """A teacher trained from a different checkpoint: the student is ``model.base`` cut to size,
+    with its own tokenizer, taught through the teacher's logits."""
+    config, data = tiny_prepared
+    config = config.model_copy(
+        update={
+            "work_dir": tmp_path / "work",
+            "model": config.model.model_copy(update={"cloud_base": str(tiny_classifier)}),
+            "distill": config.distill.model_copy(update={"epochs": 1}),
+        }
+    )
+    metrics = distill(config, data, str(tiny_classifier), tmp_path / "student", None)
+    record = json.loads((tmp_path / "student" / STUDENT).read_text())
+    assert record["init"] == "base" and record["source"].endswith("tiny-bert")
+    assert record["source"].startswith(str(tmp_path / "work"))
+    assert metrics["student_layers"] == 1 and 0 <= metrics["test_accuracy"] <= 1
