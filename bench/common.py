@@ -40,6 +40,30 @@ def machine() -> dict:
     }
 
 
+def references(bundle_path: Path, workdir: Path, *, threads: int, batch_size: int = 32) -> dict:
+    """The same-run baselines of a distilled edge model: the bundle's FP32 teacher (the cloud
+    tier) and that teacher quantized as the edge would serve it without distillation.
+
+    Empty for a bundle without a cloud model.
+    """
+    from edgeroute.bundle import CLOUD_MODEL, TOKENIZER
+    from edgeroute.model import OnnxClassifier, load_tokenizer
+    from tasks.compress import Recipe, fuse_graph, quantize
+
+    bundle = load_bundle(bundle_path)
+    if not bundle.has(CLOUD_MODEL):
+        return {}
+    teacher = bundle.classifier(CLOUD_MODEL, threads=threads, batch_size=batch_size)
+    fused = fuse_graph(bundle_path / CLOUD_MODEL, workdir / "teacher-fused.onnx")
+    int8 = quantize(fused, workdir / "teacher-int8.onnx", Recipe("primary", True, True))
+    own = bundle_path / "cloud" / TOKENIZER
+    tokenizer = load_tokenizer(
+        own if own.is_file() else bundle_path / TOKENIZER, bundle.manifest["max_length"]
+    )
+    twin = OnnxClassifier(int8, tokenizer, bundle.labels, threads=threads, batch_size=batch_size)
+    return {"teacher_int8": twin, "teacher_fp32": teacher}
+
+
 def messages(bundle: Path, data: Path | None = None, text_column: str = "text") -> list[str]:
     """``data``'s texts; else the bundle's test split while its data is in ``work/``; else generated."""
     import pandas as pd

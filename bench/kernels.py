@@ -1,6 +1,6 @@
 """The floor under the edge model's latency: ONNX Runtime's matrix kernels on this CPU. Prints JSON.
 
-    .venv/bin/python -m bench.kernels [--save]
+    .venv/bin/python -m bench.kernels [--bundle work/bundles/<run id>] [--save]
 
 Times one INT8 weight matrix of MiniLM's feed-forward layer (384 x 1536) as the INT8 model
 runs it (``DynamicQuantizeMatMul``: activations quantized at run time, U8S8 kernels), against
@@ -8,6 +8,8 @@ the same product in FP32 (``MatMul``), on one thread, for a single query's rows 
 and a batch's (64 x 22). MiniLM-L6 does 10.6 M multiply-adds per token in its weight matrices
 (6 layers x (4 x 384² + 2 x 384 x 1536)): at the INT8 kernel's measured rate, that is the least
 time a query of N tokens can take, before attention, layer norms, GELU and per-op overhead.
+With ``--bundle`` the floor is also given for the bundle's edge model, from the weight
+matrices of its encoder layers (a 3-layer student has half the 6-layer model's).
 ``--save`` writes ``bench/results/kernels.json``.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -66,11 +69,38 @@ def rate(sess: ort.InferenceSession, rows: int, repeat: int) -> float:
     return best
 
 
+def layer_macs_per_token(model: Path) -> tuple[int, int]:
+    """Multiply-adds per token in the weight matrices of an ONNX model's encoder layers, and the
+    number of layers."""
+    import onnx
+
+    from tasks.compress import LAYER_NODE, QUANTIZABLE, QUANTIZED_OPS
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    macs, layers = 0, set()
+    for node in graph.node:
+        match = LAYER_NODE.search(node.name)
+        weights = [shapes[i] for i in node.input if len(shapes.get(i, [])) == 2]
+        if match and weights and node.op_type in {*QUANTIZABLE, *QUANTIZED_OPS}:
+            layers.add(match.group(1))
+            macs += max(int(np.prod(w)) for w in weights)
+    return macs, len(layers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", type=Path, help="also the floor of this bundle's edge model")
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args()
     report: dict = {"macs_per_token": MACS_PER_TOKEN}
+    served = None
+    if args.bundle is not None:
+        from edgeroute.bundle import EDGE_MODEL, load_bundle
+
+        load_bundle(args.bundle)
+        served, layers = layer_macs_per_token(args.bundle / EDGE_MODEL)
+        report["bundle"] = {"path": str(args.bundle), "layers": layers, "macs_per_token": served}
     sessions = {"int8": session(True), "fp32": session(False)}
     for rows, label in ((22, "one_query_22_tokens"), (64 * 22, "batch_64x22_tokens")):
         gmacs = {name: rate(s, rows, 200 if rows < 100 else 20) / 1e9 for name, s in sessions.items()}
@@ -80,6 +110,9 @@ def main() -> None:
             "int8_vs_fp32": round(gmacs["int8"] / gmacs["fp32"], 2),
             "weight_matmul_floor_ms_per_query": round(22 * MACS_PER_TOKEN / (gmacs["int8"] * 1e9) * 1000, 3),
         }
+        if served is not None:
+            floor = 22 * served / (gmacs["int8"] * 1e9) * 1000
+            report[label]["bundle_weight_matmul_floor_ms_per_query"] = round(floor, 3)
     emit("kernels", report, args.save)
 
 
