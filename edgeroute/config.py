@@ -148,7 +148,7 @@ class DistillConfig(_Frozen):
 
     enabled: bool = True
     layers: int = Field(3, ge=1, le=48)
-    layer_map: Literal["bottom", "spread"] = "bottom"
+    layer_map: Literal["bottom", "spread"] = "spread"
     alpha: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(2.0, gt=0)
     epochs: int = Field(3, ge=1)
