@@ -13,7 +13,7 @@ import pandas as pd
 from prefect import task
 
 from edgeroute.config import PipelineConfig
-from tasks import tracking, trainer
+from tasks import trainer
 from tasks.data import PreparedData
 
 STAGE = "classifier"
@@ -237,21 +237,12 @@ def train_classifier(
     config: PipelineConfig, data: PreparedData, init: trainer.Checkpoint, parent_run_id: str
 ) -> trainer.Checkpoint:
     """Prefect task: fine-tune the classifier as a nested MLflow run with its confusion matrix."""
-    key = cache_key(config, data, init)
-    with tracking.stage_run(parent_run_id, STAGE) as run_id:
-        tracking.log_params(
-            run_id,
-            {"init": str(init.path), "num_labels": len(data.labels), "max_length": config.model.max_length}
-            | config.classifier.model_dump(mode="json"),
-        )
-        checkpoint = trainer.run_stage(
-            sys.modules[__name__], fine_tune, config, data, str(init.path), key, run_id
-        )
-        tracking.log_metrics(run_id, checkpoint.metrics)
-        tracking.log_artifact(run_id, checkpoint.path / "confusion_matrix.png")
-        tracking.log_artifact(run_id, checkpoint.path / "labels.json")
-        tracking.set_tags(run_id, {"checkpoint": str(checkpoint.path), "cache_key": key})
-    return checkpoint
+    params = {"init": str(init.path), "num_labels": len(data.labels), "max_length": config.model.max_length}
+    return trainer.tracked_stage(
+        sys.modules[__name__], fine_tune, config, data, str(init.path), cache_key(config, data, init),
+        parent_run_id, params | config.classifier.model_dump(mode="json"),
+        artifacts=("confusion_matrix.png", "labels.json"),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

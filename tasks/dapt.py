@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from edgeroute.config import PipelineConfig
-from tasks import base_model, tracking, trainer
+from tasks import base_model, trainer
 from tasks.data import PreparedData, unlabelled_texts
 
 STAGE = "dapt"
@@ -117,18 +117,11 @@ def domain_adapt(config: PipelineConfig, data: PreparedData, parent_run_id: str)
     key = cache_key(config, data)
     if not config.dapt.enabled:
         return trainer.Checkpoint(Path(init), key, "base", {})
-    with tracking.stage_run(parent_run_id, STAGE) as run_id:
-        tracking.log_params(
-            run_id,
-            {"base_model": config.model.teacher_base, "init": init, "max_length": config.model.max_length}
-            | config.dapt.model_dump(mode="json"),
-        )
-        checkpoint = trainer.run_stage(
-            sys.modules[__name__], continue_pretraining, config, data, init, key, run_id
-        )
-        tracking.log_metrics(run_id, checkpoint.metrics)
-        tracking.set_tags(run_id, {"checkpoint": str(checkpoint.path), "cache_key": key})
-    return checkpoint
+    params = {"base_model": config.model.teacher_base, "init": init, "max_length": config.model.max_length}
+    return trainer.tracked_stage(
+        sys.modules[__name__], continue_pretraining, config, data, init, key, parent_run_id,
+        params | config.dapt.model_dump(mode="json"),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from prefect import task
 
 from edgeroute.config import PipelineConfig
-from tasks import base_model, classifier, tracking, trainer
+from tasks import base_model, classifier, trainer
 from tasks.data import SPLITS, PreparedData, unlabelled_texts
 
 STAGE = "distill"
@@ -236,35 +236,26 @@ def _task_cache_key(context, parameters) -> str:
     return cache_key(parameters["config"], parameters["data"], parameters["teacher"])
 
 
+def student_tags(checkpoint: trainer.Checkpoint) -> dict[str, str]:
+    """Where the student started and which of the teacher's layers it kept, from ``student.json``."""
+    student = json.loads((checkpoint.path / STUDENT).read_text(encoding="utf-8"))
+    return {
+        "student_init": student["init"],
+        "student_kept_layers": ",".join(map(str, student["kept_layers"])),
+    }
+
+
 @task(name="distill-student", cache_key_fn=_task_cache_key, persist_result=True, log_prints=True)
 def distill_student(
     config: PipelineConfig, data: PreparedData, teacher: trainer.Checkpoint, parent_run_id: str
 ) -> trainer.Checkpoint:
     """Prefect task: distil the teacher into the edge student, a nested MLflow run with per-epoch metrics."""
-    key = cache_key(config, data, teacher)
-    with tracking.stage_run(parent_run_id, STAGE) as run_id:
-        tracking.log_params(
-            run_id,
-            {"teacher": str(teacher.path), "max_length": config.model.max_length}
-            | config.distill.model_dump(mode="json"),
-        )
-        checkpoint = trainer.run_stage(
-            sys.modules[__name__], distill, config, data, str(teacher.path), key, run_id
-        )
-        student = json.loads((checkpoint.path / STUDENT).read_text(encoding="utf-8"))
-        tracking.log_metrics(run_id, checkpoint.metrics)
-        tracking.log_artifact(run_id, checkpoint.path / "confusion_matrix.png")
-        tracking.log_artifact(run_id, checkpoint.path / STUDENT)
-        tracking.set_tags(
-            run_id,
-            {
-                "checkpoint": str(checkpoint.path),
-                "cache_key": key,
-                "student_init": student["init"],
-                "student_kept_layers": ",".join(map(str, student["kept_layers"])),
-            },
-        )
-    return checkpoint
+    params = {"teacher": str(teacher.path), "max_length": config.model.max_length}
+    return trainer.tracked_stage(
+        sys.modules[__name__], distill, config, data, str(teacher.path), cache_key(config, data, teacher),
+        parent_run_id, params | config.distill.model_dump(mode="json"),
+        artifacts=("confusion_matrix.png", STUDENT), tags=student_tags,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -105,6 +105,31 @@ def run_stage(
     return checkpoint
 
 
+def tracked_stage(
+    module: ModuleType,
+    fn: StageFn,
+    config: PipelineConfig,
+    data: PreparedData,
+    init: str,
+    key: str,
+    parent_run_id: str,
+    params: dict,
+    artifacts: Iterable[str] = (),
+    tags: Callable[[Checkpoint], dict] | None = None,
+) -> Checkpoint:
+    """`run_stage` as a nested MLflow run: its params, then the checkpoint's metrics, the named
+    files of the checkpoint as artifacts, and tags (the checkpoint, the cache key, ``tags``)."""
+    with tracking.stage_run(parent_run_id, module.STAGE) as run_id:
+        tracking.log_params(run_id, params)
+        checkpoint = run_stage(module, fn, config, data, init, key, run_id)
+        tracking.log_metrics(run_id, checkpoint.metrics)
+        for name in artifacts:
+            tracking.log_artifact(run_id, checkpoint.path / name)
+        extra = tags(checkpoint) if tags else {}
+        tracking.set_tags(run_id, {"checkpoint": str(checkpoint.path), "cache_key": key} | extra)
+    return checkpoint
+
+
 def _torchrun(
     module: ModuleType,
     config: PipelineConfig,
