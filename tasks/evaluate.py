@@ -1,4 +1,4 @@
-"""Benchmark: FP32 and INT8 on the test split, through the runtime model that will be served."""
+"""Benchmark: every compressed variant on the test split, through the runtime model that will be served."""
 
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ def benchmark_models(
     create_table_artifact(
         key="benchmark",
         table=[{"model": name} | {k: round(m[k], 4) for k in HEADLINE} for name, m in results.items()],
-        description="FP32 vs INT8 on the test split (latency: one thread, one query, tokenization included).",
+        description="Teacher FP32 (cloud tier) and its INT8 twin, the edge model in FP32 and INT8 (the "
+        "student when distilled), on the test split (latency: one thread, one query, tokenization included).",
     )
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch.nn.functional import cross_entropy, kl_div, log_softmax
@@ -12,7 +13,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks.compress import export_onnx, op_counts
-from tasks.distill import NO_LABEL, STUDENT, build_student, distill, distillation_loss, select_layers
+from tasks.distill import (
+    NO_LABEL,
+    STUDENT,
+    build_student,
+    distill,
+    distillation_loss,
+    extra_texts,
+    select_layers,
+)
 
 
 def test_the_student_keeps_the_bottom_or_spread_out_layers():
@@ -113,3 +122,22 @@ def test_under_a_cloud_base_the_student_starts_from_the_edge_base(tiny_prepared,
     assert record["init"] == "base" and record["source"].endswith("tiny-bert")
     assert record["source"].startswith(str(tmp_path / "work"))
     assert metrics["student_layers"] == 1 and 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_unlabelled_texts_add_soft_labels_but_never_a_labelled_splits_text(
+    tiny_prepared, tiny_classifier, tmp_path
+):
+    config, data = tiny_prepared
+    test_text = data.frame("test")["text"].iloc[0]
+    fresh = ["Where can I change the address on my account?", "The app logs me out every few minutes."]
+    path = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"text": [*fresh, test_text, fresh[0], "  "]}).to_csv(path, index=False)
+    config = config.model_copy(
+        update={
+            "dapt": config.dapt.model_copy(update={"unlabelled_path": path}),
+            "distill": config.distill.model_copy(update={"epochs": 1}),
+        }
+    )
+    assert extra_texts(config, data) == fresh
+    metrics = distill(config, data, str(tiny_classifier), tmp_path / "student", None)
+    assert metrics["soft_labelled_texts"] == 2
