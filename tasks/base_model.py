@@ -91,3 +91,8 @@ def resolve_base_model(name: str, corpus: Iterable[str], cache_dir: Path) -> str
     if name == TINY:
         return str(build_tiny_bert(corpus, cache_dir / "tiny-bert"))
     return name
+
+
+def base_for_run(name: str, work_dir: Path, data_digest: str, corpus: Iterable[str]) -> str:
+    """`resolve_base_model` with a tiny BERT kept per data set under ``work_dir/models``."""
+    return resolve_base_model(name, corpus, work_dir.resolve() / "models" / data_digest[:16])

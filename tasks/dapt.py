@@ -112,8 +112,8 @@ def _task_cache_key(context, parameters) -> str:
 @task(name="domain-adapt", cache_key_fn=_task_cache_key, persist_result=True, log_prints=True)
 def domain_adapt(config: PipelineConfig, data: PreparedData, parent_run_id: str) -> trainer.Checkpoint:
     """Prefect task: DAPT of the base model, a nested MLflow run; the base itself when disabled."""
-    corpus_dir = config.work_dir.resolve() / "models" / data.digest[:16]
-    init = base_model.resolve_base_model(config.model.teacher_base, data.frame("train")["text"], corpus_dir)
+    train = data.frame("train")["text"]
+    init = base_model.base_for_run(config.model.teacher_base, config.work_dir, data.digest, train)
     key = cache_key(config, data)
     if not config.dapt.enabled:
         return trainer.Checkpoint(Path(init), key, "base", {})

@@ -113,8 +113,8 @@ def student_source(config: PipelineConfig, data: PreparedData, teacher: str) -> 
     """Where the student starts, and which: the teacher, or ``model.base`` under a ``cloud_base``."""
     if config.model.cloud_base is None or config.model.cloud_base == config.model.base:
         return teacher, "teacher"
-    corpus_dir = config.work_dir.resolve() / "models" / data.digest[:16]
-    return base_model.resolve_base_model(config.model.base, data.frame("train")["text"], corpus_dir), "base"
+    train = data.frame("train")["text"]
+    return base_model.base_for_run(config.model.base, config.work_dir, data.digest, train), "base"
 
 
 class DistillationCollator:
