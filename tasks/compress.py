@@ -23,6 +23,7 @@ from tasks.trainer import Checkpoint
 QUANTIZABLE = ("MatMul", "Gemm", "Attention")
 QUANTIZED_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
 TEACHER_FP32, TEACHER_INT8 = "teacher_fp32", "teacher_int8"
+DIGIT_RUN = re.compile(r"\d\d")
 LAYER_NODE = re.compile(r"layer\.(\d+)/")
 _HEAD = re.compile(r"^/(classifier|pre_classifier)/|/pooler/")
 
@@ -170,7 +171,12 @@ def trim_vocabulary(
     for start in range(0, len(corpus := list(corpus)), 1000):
         for ids in tokenizer(corpus[start : start + 1000], add_special_tokens=False)["input_ids"]:
             counts.update(ids)
-    used = {i for i, count in counts.items() if count >= min_count} | set(tokenizer.all_special_ids)
+    by_id = {i: token for token, i in vocab.items()}
+    # A piece with two digits or more can be a fragment of an account, order or card number of
+    # the training texts, and tokenizer.json ships in the bundle: numbers are spelled digit by digit.
+    used = {i for i, count in counts.items() if count >= min_count and not DIGIT_RUN.search(by_id[i])} | set(
+        tokenizer.all_special_ids
+    )
     # Single printable characters (and their ## forms) keep every unseen word spellable.
     for char in string.printable.strip():
         for token in (char, f"##{char}"):
@@ -186,7 +192,6 @@ def trim_vocabulary(
     model.config.pad_token_id = kept.index(tokenizer.pad_token_id)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
-    by_id = {i: token for token, i in vocab.items()}
     (output / "vocab.txt").write_text("\n".join(by_id[i] for i in kept) + "\n", encoding="utf-8")
     init = tokenizer.init_kwargs
     BertTokenizerFast(

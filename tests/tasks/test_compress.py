@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import torch
@@ -106,12 +108,15 @@ def test_vocabulary_trimming_keeps_predictions_on_in_vocabulary_text(
     assert trimmed_tokenizer.vocab_size == info["vocab_kept"]
     full = export_onnx(tiny_classifier, tmp_path / "full")
     small = export_onnx(tmp_path / "trimmed", tmp_path / "small")
+    # Numbers are spelled digit by digit in the trimmed vocabulary: compare the texts without any.
+    wordy = [text for text in corpus if not re.search(r"\d\d", text)]
+    assert len(wordy) > 20
     full_logits = OnnxClassifier(
         full, load_tokenizer(full.parent / "tokenizer.json", 64), data.labels
-    ).logits(corpus)
+    ).logits(wordy)
     small_logits = OnnxClassifier(
         small, load_tokenizer(small.parent / "tokenizer.json", 64), data.labels
-    ).logits(corpus)
+    ).logits(wordy)
     np.testing.assert_allclose(small_logits, full_logits, atol=1e-4)
     # An unseen word is spelled from kept characters, not lost to [UNK].
     ids = trimmed_tokenizer("zzyzx")["input_ids"]
@@ -149,3 +154,12 @@ def test_a_token_count_floor_trims_rare_pieces_and_still_spells_them(
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "frequent")
     encoded = tokenizer(corpus[:100])["input_ids"]
     assert all(tokenizer.unk_token_id not in ids for ids in encoded)
+
+
+def test_the_trimmed_vocabulary_keeps_no_number_of_the_training_texts(tiny_classifier, tmp_path):
+    corpus = ["order 123456 for account 98765432 arrived", "my card 4111 1111 1111 1111 was charged twice"]
+    trim_vocabulary(tiny_classifier, corpus, tmp_path / "trimmed")
+    kept = (tmp_path / "trimmed" / "vocab.txt").read_text().split()
+    assert not [token for token in kept if sum(c.isdigit() for c in token) > 1]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "trimmed")
+    assert tokenizer.tokenize("123456") == ["1", "##2", "##3", "##4", "##5", "##6"]
