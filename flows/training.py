@@ -1,4 +1,4 @@
-"""The training pipeline: data, DAPT, classifier, compression, gate, router, bundle, registry."""
+"""The training pipeline: data, DAPT, teacher, student, compression, gates, router, bundle, registry."""
 
 from __future__ import annotations
 
@@ -37,18 +37,16 @@ def training_pipeline(
         adapted = domain_adapt(config, data, run_id)
         classifier = train_classifier(config, data, adapted, run_id)
         student = distill_student(config, data, classifier, run_id) if config.distill.enabled else None
-        for checkpoint in (adapted, classifier, student):
-            if checkpoint is not None:
-                tracking.log_stage_summary(
-                    run_id,
-                    checkpoint.stage,
-                    checkpoint.metrics,
-                    {"checkpoint": checkpoint.path, "mlflow_run_id": checkpoint.mlflow_run_id},
-                )
-        if student is None:
-            compressed = compress_model(config, data, classifier, run_id)
-        else:
-            compressed = compress_model(config, data, student, run_id, teacher=classifier)
+        for checkpoint in filter(None, (adapted, classifier, student)):
+            tracking.log_stage_summary(
+                run_id,
+                checkpoint.stage,
+                checkpoint.metrics,
+                {"checkpoint": checkpoint.path, "mlflow_run_id": checkpoint.mlflow_run_id},
+            )
+        # The student at the edge and its teacher in the cloud; without one, the teacher's INT8 twin.
+        teacher = classifier if student is not None else None
+        compressed = compress_model(config, data, student or classifier, run_id, teacher=teacher)
         benchmarks = benchmark_models(config, data, compressed, run_id)
         decision = gate_model(config, data, compressed, benchmarks, run_id)
         edge, cloud = edge_and_cloud(decision.edge, compressed.cloud, data.labels, config.model.max_length)
