@@ -182,7 +182,8 @@ class EvaluateConfig(_Frozen):
 
 
 class GateConfig(_Frozen):
-    """What INT8 must keep of FP32 to pass, budgets, and the accuracy-aware fallback."""
+    """What INT8 must keep of FP32 to pass, budgets, the accuracy-aware fallback, and what the
+    calibrated routed system must keep of cloud-only accuracy on the test split."""
 
     min_accuracy_retention: float = Field(0.99, gt=0)
     min_macro_f1_retention: float | None = Field(0.99, gt=0)
@@ -198,11 +199,13 @@ class RouterConfig(_Frozen):
     """Router calibration on the calibration split: the temperature, then a threshold for a target.
 
     ``target`` picks the minimum edge confidence:
-    ``max_edge_share_within``: the largest edge share whose system accuracy stays within
-    ``tolerance`` (accuracy points) of cloud-only, with confidence ``1 - delta``;
+    ``max_edge_share_within``: the largest edge share whose risk (the share of queries answered
+    on the edge and wrong where the cloud is right, which bounds the accuracy lost against
+    cloud-only) is at most ``tolerance``, with probability ``1 - delta`` (Learn-then-Test);
     ``edge_share``: answer ``edge_share`` of the queries on the edge (as RouteLLM's cost
     thresholds do); ``edge_accuracy``: the largest edge share whose edge-answered accuracy is at
-    least ``edge_accuracy`` with confidence ``1 - delta`` (Clopper-Pearson lower bound).
+    least ``edge_accuracy`` with probability ``1 - delta`` (Clopper-Pearson, Bonferroni over the
+    thresholds searched).
     """
 
     target: Literal["max_edge_share_within", "edge_share", "edge_accuracy"] = "max_edge_share_within"
