@@ -176,12 +176,7 @@ def fine_tune(
             seed=config.seed,
             lr_scheduler_type="reduce_lr_on_plateau",
             lr_scheduler_kwargs={"mode": "max", "factor": settings.plateau_factor, "patience": 0},
-            save_strategy="epoch",
-            save_only_model=True,
-            save_total_limit=1,
-            load_best_model_at_end=True,
-            metric_for_best_model="macro_f1",
-            greater_is_better=True,
+            **trainer.KEEP_BEST_EPOCH,
         ),
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=settings.patience),

@@ -180,12 +180,7 @@ def distill(
             learning_rate=settings.learning_rate,
             seed=config.seed,
             remove_unused_columns=False,  # the teacher's logits reach the loss
-            save_strategy="epoch",
-            save_only_model=True,
-            save_total_limit=1,
-            load_best_model_at_end=True,
-            metric_for_best_model="macro_f1",
-            greater_is_better=True,
+            **trainer.KEEP_BEST_EPOCH,
         ),
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],

@@ -33,6 +33,15 @@ logger = logging.getLogger(__name__)
 
 StageFn = Callable[[PipelineConfig, PreparedData, str, Path, "str | None"], dict[str, float]]
 COMPLETE = "checkpoint.json"
+# Training arguments that save each epoch's model and end on the best one by validation macro-F1.
+KEEP_BEST_EPOCH = {
+    "save_strategy": "epoch",
+    "save_only_model": True,
+    "save_total_limit": 1,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "macro_f1",
+    "greater_is_better": True,
+}
 CONFIG = "pipeline.yaml"
 
 
