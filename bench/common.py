@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 
 from edgeroute.bundle import load_bundle
+from edgeroute.tables import read_messages
 
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
@@ -69,13 +70,11 @@ def messages(bundle: Path, data: Path | None = None, text_column: str = "text") 
     import pandas as pd
 
     if data is not None:
-        from tasks.data import read_messages
-
-        return read_messages(data, text_column)[text_column].tolist()
+        return read_messages(data, text_column)[0]
     data_dir = Path(load_bundle(bundle).manifest["lineage"].get("data_dir", ""))
     if (data_dir / "test.parquet").is_file():
         return pd.read_parquet(data_dir / "test.parquet")["text"].tolist()
-    from tasks.synthetic import generate
+    from tasks.support.synthetic import generate
 
     return [row["text"] for row in generate(1000, seed=3)]
 

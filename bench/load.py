@@ -9,7 +9,7 @@ generator shares the 2 CPUs with the service), then stops everything it started.
 
 - ``edge_only``: an edge service whose router never escalates (the bundle with its thresholds
   opened), so every answer comes from the INT8 model; concurrent requests are micro-batched;
-- ``edge_only_unbatched``: the same with ``--micro-batch 0``: each request its own model call;
+- ``edge_only_unbatched``: the same with ``--set batching.max_texts=0``: each request its own model call;
 - ``with_escalations``: the bundle's router with its minimum confidence set so that
   ``--escalate`` of the messages (default 10 %) go to a cloud-role service over HTTP.
 
@@ -124,7 +124,7 @@ def scenario(
             started.append(process)
             options = (*options, "--cloud-url", cloud_url)
         process, url = start_service(
-            bundle, "edge", workdir, "--max-batch", "1024", *args.edge_options.split(), *options
+            bundle, "edge", workdir, "--set", "limits.max_batch=1024", *args.edge_options.split(), *options
         )
         started.append(process)
         load(url, texts, 200, args.concurrency, args.duration)  # warm-up
@@ -158,7 +158,9 @@ def main() -> None:
             source, replace(settings, min_confidence=threshold), workdir / "escalating"
         )
         report["baseline_in_process"] = in_process(edge_only, texts, args.requests)
-        report["edge_only_unbatched"] = scenario(edge_only, workdir, texts, args, "--micro-batch", "0")
+        report["edge_only_unbatched"] = scenario(
+            edge_only, workdir, texts, args, "--set", "batching.max_texts=0"
+        )
         report["edge_only"] = scenario(edge_only, workdir, texts, args)
         report["with_escalations"] = scenario(escalating, workdir, texts, args, cloud=escalating)
     rate = {

@@ -17,7 +17,7 @@ import argparse
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bench.common import emit
-from tasks import tracking
+from tasks.support import tracking
 
 
 def minutes(run) -> float:

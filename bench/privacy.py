@@ -276,7 +276,7 @@ def main() -> None:
     ]
     if missing:
         sys.exit(f"{', '.join(missing)} not importable from {sys.executable}; set up with:\n  {SETUP}")
-    from tasks.synthetic import generate
+    from tasks.support.synthetic import generate
 
     texts = [row["text"] for row in generate(N_MESSAGES, seed=SEED)]
     report: dict = {"machine": machine(), "messages": len(texts), "extra_cases": len(EXTRA)}

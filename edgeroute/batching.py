@@ -15,7 +15,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from edgeroute.config import BatchingConfig
+
 T = TypeVar("T")
+
+_DEFAULTS = BatchingConfig()
 
 
 class MicroBatcher(Generic[T]):
@@ -25,8 +29,8 @@ class MicroBatcher(Generic[T]):
         self,
         route: Callable[[list[str]], Sequence[T]],
         *,
-        max_texts: int = 64,
-        max_wait_s: float = 0.0,
+        max_texts: int = _DEFAULTS.max_texts,
+        max_wait_s: float = _DEFAULTS.wait_ms / 1000,
         workers: int = 1,
     ) -> None:
         for name, value, least in (

@@ -1,75 +1,77 @@
-"""The ``edgeroute`` command line."""
+"""The ``edgeroute`` command line of the runtime: ``classify``, ``simulate`` and ``serve`` a bundle.
+
+Installed parts add their own commands through `edgeroute.plugins`: the training side adds
+``train``, ``config``, ``promote``, ``rollback`` and bundles named ``models:/<name>@<alias>``.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from edgeroute.config import ConfigError, load_config, to_yaml
+from edgeroute.config import CloudConfig, ConfigError, load_serve_config
+from edgeroute.plugins import PluginError, plugins
+from edgeroute.router import chunks
 
-app = typer.Typer(help="Hybrid edge/cloud text classification for customer support.", no_args_is_help=True)
 
-Preset = Annotated[
-    str, typer.Option("--preset", "-p", help="Preset name in deployments/presets, or a YAML path.")
-]
+class CommandGroup(TyperGroup):
+    """The runtime's commands, then those of the installed plugins; a command that no plugin
+    answers names the extra to install when a registered plugin could not be loaded."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        added = [name for group in _plugin_groups() for name in group.list_commands(ctx)]
+        return [*super().list_commands(ctx), *added]
+
+    def get_command(self, ctx: typer.Context, name: str):
+        command = super().get_command(ctx, name)
+        for group in [] if command else _plugin_groups():
+            command = group.get_command(ctx, name)
+            if command is not None:
+                return command
+        missing = plugins().missing
+        if command is None and missing:
+            return _not_installed(name, "; ".join(m.advice() for m in missing))
+        return command
+
+
+def _plugin_groups() -> list[TyperGroup]:
+    groups = [typer.main.get_command(p.commands) for p in plugins().loaded.values()]
+    return [g for g in groups if isinstance(g, TyperGroup)]
+
+
+def _not_installed(name: str, advice: str):
+    """A command ``name`` that takes any arguments and exits 2 with ``advice``."""
+    stub = typer.Typer()
+    anything = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+    @stub.command(name, context_settings=anything, add_help_option=False)
+    def missing() -> None:
+        raise fail(f"{name!r} is not a runtime command: {advice}", 2)
+
+    return typer.main.get_command(stub)
+
+
+app = typer.Typer(
+    help="Hybrid edge/cloud text classification for customer support.",
+    no_args_is_help=True,
+    cls=CommandGroup,
+)
 Overrides = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override one field, e.g. --set classifier.epochs=3 (repeatable)."),
+    typer.Option("--set", "-s", help="Override one field, e.g. --set limits.max_batch=64 (repeatable)."),
 ]
 
 
-def _fail(message: str, code: int) -> typer.Exit:
+def fail(message: str, code: int) -> typer.Exit:
+    """The exit of a command that cannot go on: ``message`` on stderr, exit status ``code``."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
-
-
-@app.command("config")
-def show_config(preset: Preset = "demo", overrides: Overrides = None) -> None:
-    """Validate a preset with its overrides and print the resolved configuration."""
-    try:
-        typer.echo(to_yaml(load_config(preset, overrides or [])), nl=False)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-
-
-@app.command()
-def train(
-    preset: Preset = "demo",
-    overrides: Overrides = None,
-    data: Annotated[str | None, typer.Option(help="Your own CSV, JSONL or Parquet file.")] = None,
-) -> None:
-    """Run the training pipeline flow (Prefect) and print where its outputs are."""
-    settings = list(overrides or []) + ([f"data.path={data}"] if data else [])
-    try:
-        load_config(preset, settings)
-    except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
-    try:
-        from flows.training import training_pipeline
-    except ImportError as exc:
-        raise _fail(f"training needs the 'train' extra: pip install 'edgeroute[train]' ({exc})", 2) from None
-    from mlflow.exceptions import MlflowException
-
-    from tasks.data import DataValidationError
-    from tasks.gate import GateFailed
-    from tasks.tracking import tracking_uri
-
-    try:
-        result = training_pipeline(preset=preset, overrides=settings)
-    except (DataValidationError, ConfigError, GateFailed) as exc:
-        raise _fail(str(exc), 1) from None
-    except MlflowException as exc:
-        # Finished stages are cached: once the tracking server is back, the same command resumes.
-        raise _fail(f"MLflow tracking at {tracking_uri()} failed: {exc.message}", 1) from None
-    typer.echo("\n" + result.pop("summary"))
-    typer.echo("Outputs")
-    for key, value in result.items():
-        typer.echo(f"  {key:<20} {value}")
 
 
 BundleOption = Annotated[Path | None, typer.Option("--bundle", "-b", help="A bundle directory.")]
@@ -81,50 +83,36 @@ CloudUrl = Annotated[
     typer.Option(help="Escalate to this cloud-role edgeroute service instead of the bundle's FP32 model."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
-CHUNK = 512  # texts per router call: bounded memory, one cloud call per chunk
 
 
 def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | None]:
-    """The bundle directory, downloaded from the registry for ``--model``; and its registry version."""
+    """The bundle directory, fetched by a plugin for ``--model``; and its registry version."""
     if (bundle is None) == (model is None):
-        raise _fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
+        raise fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
     if model is None:
         return bundle, None
+    resolvers = [p.resolve_model for p in plugins().loaded.values() if p.resolve_model is not None]
+    if not resolvers:
+        advice = "; ".join(m.advice() for m in plugins().missing) or "no installed part resolves model URIs"
+        raise fail(f"--model {model}: registered models need the training side: {advice}", 2)
     try:
-        from mlflow.exceptions import MlflowException
-
-        from tasks.registry import download_bundle, resolve_version
-    except ImportError as exc:
-        raise _fail(f"--model needs the 'train' extra (MLflow): {exc}", 2) from None
-    try:
-        return download_bundle(model), resolve_version(model)
-    except MlflowException as exc:
-        raise _fail(f"--model {model}: {exc.message}", 2) from None
+        return resolvers[0](model)
+    except PluginError as exc:
+        raise fail(f"--model {model}: {exc}", 2) from None
 
 
 def open_router(bundle: Path | None, model: str | None, cloud_url: str | None):
-    """The router of a bundle given by path or by registered model URI."""
+    """The router of a bundle given by path or by model URI, escalating to ``cloud_url`` if given."""
     from edgeroute.bundle import BundleError, load_bundle
-    from edgeroute.cloud import CircuitBreaker, GuardedCloud, HttpCloud
+    from edgeroute.cloud import CircuitBreaker, GuardedCloud, http_cloud
 
     bundle, _ = resolve_bundle(bundle, model)
     try:
         loaded = load_bundle(bundle)
     except BundleError as exc:
-        raise _fail(str(exc), 2) from None
-    cloud = GuardedCloud(HttpCloud(cloud_url), CircuitBreaker()) if cloud_url else None
+        raise fail(str(exc), 2) from None
+    cloud = GuardedCloud(http_cloud(CloudConfig(url=cloud_url)), CircuitBreaker()) if cloud_url else None
     return loaded.router(cloud)
-
-
-def _chunks(texts: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for text in texts:
-        chunk.append(text)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _read_lines(source: Path) -> Iterator[str]:
@@ -136,7 +124,7 @@ def _read_lines(source: Path) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 name = "stdin" if stdin else source
-                raise _fail(f"{name}: line {number}: not valid UTF-8 ({exc.reason})", 2) from None
+                raise fail(f"{name}: line {number}: not valid UTF-8 ({exc.reason})", 2) from None
             if line.strip():
                 yield line.rstrip("\r\n")
 
@@ -148,7 +136,7 @@ def _checked(texts: list[str]) -> list[str]:
     for i, text in enumerate(texts, start=1):
         problem = "empty text" if not text.strip() else unicode_problem(text)
         if problem:
-            raise _fail(f"argument {i}: {problem}", 2)
+            raise fail(f"argument {i}: {problem}", 2)
     return texts
 
 
@@ -166,9 +154,9 @@ def classify(
     """Route texts through the edge model, escalating hard ones to the cloud tier."""
     router = open_router(bundle, model, cloud_url)
     if file is not None and not (str(file) == "-" or file.is_file()):
-        raise _fail(f"--file {file}: no such file", 2)
+        raise fail(f"--file {file}: no such file", 2)
     source = _checked(texts) if texts else _read_lines(file if file is not None else Path("-"))
-    for chunk in _chunks(source):
+    for chunk in chunks(source):
         for text, decision in zip(chunk, router.route(chunk), strict=True):
             if as_json:
                 typer.echo(json.dumps(decision.to_dict() | {"text": text}))
@@ -199,7 +187,7 @@ def simulate(
 
     texts, labels = _read_messages(data, text_column, label_column)
     router = open_router(bundle, model, cloud_url)
-    decisions = [d for chunk in _chunks(texts) for d in router.route(chunk)]
+    decisions = [d for chunk in chunks(texts) for d in router.route(chunk)]
     summary = summarize(decisions, router.settings.costs, labels) | project(
         decisions, router.settings.costs, per_month
     )
@@ -231,88 +219,38 @@ def _read_messages(
     path: Path, text_column: str, label_column: str | None
 ) -> tuple[list[str], list[str] | None]:
     """Texts (and labels) from a user's table, with errors that name the file, row and column."""
+    from edgeroute.tables import TableError, read_messages
+
     try:
-        from tasks.data import DataValidationError, read_messages
-    except ImportError as exc:
-        raise _fail(f"reading tables needs the 'train' extra (pandas): {exc}", 2) from None
-    try:
-        frame = read_messages(path, text_column, label_column)
-    except DataValidationError as exc:
-        raise _fail(str(exc), 1) from None
-    texts = frame[text_column].tolist()
-    labels = frame[label_column].astype(str).tolist() if label_column else None
-    return texts, labels
+        return read_messages(path, text_column, label_column)
+    except TableError as exc:
+        raise fail(str(exc), 1) from None
 
 
-RegisteredName = Annotated[str, typer.Option("--name", "-n", help="Registered model name.")]
-
-
-def _registry():
-    try:
-        from tasks import registry
-    except ImportError as exc:
-        raise _fail(f"the registry needs the 'train' extra (MLflow): {exc}", 2) from None
-    return registry
-
-
-@app.command()
-def promote(
-    version: Annotated[str, typer.Argument(help="The model version to make champion.")],
-    name: RegisteredName = "edgeroute",
-) -> None:
-    """Make a registered version the champion by hand (the one it replaces is recorded)."""
-    registry = _registry()
-    if not registry.version_exists(name, version):
-        raise _fail(f"registered model {name!r} has no version {version}", 1)
-    result = registry.set_champion(name, version, "promoted by hand")
-    typer.echo(f"{name}: champion is now version {result['champion']} (was {result['previous'] or 'none'})")
-
-
-@app.command()
-def rollback(name: RegisteredName = "edgeroute") -> None:
-    """Give the champion alias back to the version the current champion replaced."""
-    registry = _registry()
-    try:
-        result = registry.rollback(name)
-    except ValueError as exc:
-        raise _fail(str(exc), 1) from None
-    champion, before = result["champion"], result["rolled_back_from"]
-    typer.echo(f"{name}: champion is now version {champion} (rolled back from {before})")
+ServeConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="A serve config YAML (fields: edgeroute.config.ServeConfig)."),
+]
 
 
 @app.command()
 def serve(
     bundle: BundleOption = None,
     model: ModelOption = None,
-    role: Annotated[str, typer.Option(help="edge: route and escalate; cloud: answer escalations.")] = "edge",
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    cloud_url: CloudUrl = None,
-    audit: Annotated[Path, typer.Option(help="The audit trail (SQLite).")] = Path("work/audit/audit.db"),
-    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text accepted (413 above).")] = 4000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
-    timeout: Annotated[float, typer.Option(help="Seconds to answer a request (504 after).")] = 10.0,
-    micro_batch: Annotated[
-        int, typer.Option(min=0, help="Most texts of concurrent requests routed in one model call (0: off).")
-    ] = 64,
-    micro_batch_wait_ms: Annotated[
-        float, typer.Option(min=0, help="Milliseconds a micro-batch waits for more requests.")
-    ] = 0.0,
-    micro_batch_workers: Annotated[
-        int | None, typer.Option(min=1, help="Micro-batches routed at once [default: one per CPU core].")
+    config: ServeConfigOption = None,
+    overrides: Overrides = None,
+    role: Annotated[
+        str | None, typer.Option(help="edge: route and escalate; cloud: answer escalations (role).")
     ] = None,
-    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads per model call.")] = 1,
-    cloud_timeout: Annotated[float, typer.Option(help="Seconds per call to the cloud service.")] = 2.0,
-    cloud_retries: Annotated[int, typer.Option(min=0, help="Retries of a failed cloud call.")] = 2,
-    breaker_failures: Annotated[int, typer.Option(min=1, help="Failures that open the circuit.")] = 5,
-    breaker_reset: Annotated[float, typer.Option(help="Seconds before an open circuit tries again.")] = 30.0,
-    window: Annotated[float, typer.Option(help="Monitor window, seconds.")] = 3600.0,
-    min_edge_share: Annotated[float, typer.Option(help="Alert below this edge share.")] = 0.80,
-    min_accuracy: Annotated[float, typer.Option(help="Alert below this feedback accuracy.")] = 0.85,
-    max_cost: Annotated[float, typer.Option(help="Alert above this cost per query ($).")] = 0.01,
-    max_p95_ms: Annotated[float, typer.Option(help="Alert above this p95 latency (ms).")] = 150.0,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (port).")] = None,
+    cloud_url: CloudUrl = None,
+    audit: Annotated[Path | None, typer.Option(help="The audit trail, SQLite (audit).")] = None,
 ) -> None:
-    """Serve the router over HTTP (API key from EDGEROUTE_API_KEY, if set)."""
+    """Serve the router over HTTP; settings from --config, then --set, then the options here.
+
+    Fields and defaults: edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
+    """
     import os
 
     import uvicorn
@@ -320,33 +258,34 @@ def serve(
     from edgeroute.audit import AuditLog
     from edgeroute.bundle import BundleError, load_bundle
     from edgeroute.cloud import CircuitBreaker
-    from edgeroute.monitor import Monitor, Thresholds
-    from edgeroute.server import ServeSettings, create_app, edge_cloud_router, model_version
+    from edgeroute.monitor import Monitor
+    from edgeroute.server import create_app, edge_cloud_router, model_version
 
-    if role not in ("edge", "cloud"):
-        raise _fail(f"--role must be edge or cloud, not {role!r}", 2)
+    shortcuts = {"role": role, "host": host, "port": port, "cloud.url": cloud_url, "audit": audit}
+    # As JSON, which YAML reads back unchanged: a host or path is never taken for a number.
+    settings = [
+        *(overrides or []),
+        *(
+            f"{k}={json.dumps(v if isinstance(v, int) else str(v))}"
+            for k, v in shortcuts.items()
+            if v is not None
+        ),
+    ]
+    try:
+        serving = load_serve_config(config, settings)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
     path, registered = resolve_bundle(bundle, model)
-    breaker = CircuitBreaker(breaker_failures, breaker_reset)
-    http = {
-        "timeout_s": cloud_timeout,
-        "retries": cloud_retries,
-        "api_key": os.environ.get("EDGEROUTE_CLOUD_API_KEY"),
-    }
+    breaker = CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
     try:  # each file's checksum when it is first read: only what this service loads
         loaded = load_bundle(path, lazy=True)
-        router = edge_cloud_router(loaded, role, cloud_url, breaker, threads=threads, **http)
+        router = edge_cloud_router(loaded, serving, breaker)
     except BundleError as exc:
-        raise _fail(str(exc), 2) from None
-    thresholds = Thresholds(
-        min_edge_share=min_edge_share, min_accuracy=min_accuracy, max_cost_per_query=max_cost,
-        max_p95_latency_ms=max_p95_ms, window_s=window,
+        raise fail(str(exc), 2) from None
+    version = model_version(loaded, registered)
+    app = create_app(
+        router, AuditLog(serving.audit), Monitor(serving.monitor, router.settings.costs), serving,
+        model_version=version, api_key=os.environ.get(serving.api_key_env) or None,
     )  # fmt: skip
-    settings = ServeSettings(
-        role=role, model_version=model_version(loaded, registered), max_text_chars=max_text_chars,
-        max_batch=max_batch, timeout_s=timeout, api_key=os.environ.get("EDGEROUTE_API_KEY") or None,
-        micro_batch=micro_batch, micro_batch_wait_ms=micro_batch_wait_ms,
-        micro_batch_workers=micro_batch_workers or os.cpu_count() or 1,
-    )  # fmt: skip
-    app = create_app(router, AuditLog(audit), Monitor(thresholds, router.settings.costs), settings)
-    typer.echo(f"edgeroute {role} service, model {settings.model_version}, on http://{host}:{port}")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    typer.echo(f"edgeroute {serving.role} service, model {version}, on http://{serving.host}:{serving.port}")
+    uvicorn.run(app, host=serving.host, port=serving.port, log_level="warning", access_log=False)

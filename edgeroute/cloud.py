@@ -10,6 +10,7 @@ failures the router stops calling the cloud for a while (answering on the edge, 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -18,7 +19,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgeroute.config import BreakerConfig, CloudConfig
 from edgeroute.model import OnnxClassifier
+
+_CLOUD, _BREAKER = CloudConfig(), BreakerConfig()
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,8 @@ class HttpCloud:
         self,
         url: str,
         *,
-        timeout_s: float = 2.0,
-        retries: int = 2,
+        timeout_s: float = _CLOUD.timeout_s,
+        retries: int = _CLOUD.retries,
         backoff_s: float = 0.05,
         api_key: str | None = None,
     ) -> None:
@@ -103,8 +107,8 @@ class CircuitBreaker:
 
     def __init__(
         self,
-        failure_threshold: int = 5,
-        reset_after_s: float = 30.0,
+        failure_threshold: int = _BREAKER.failures,
+        reset_after_s: float = _BREAKER.reset_s,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.failure_threshold = failure_threshold
@@ -160,3 +164,15 @@ class GuardedCloud:
             raise
         self.breaker.record(True)
         return answers
+
+
+def http_cloud(config: CloudConfig) -> HttpCloud:
+    """The cloud-role service at ``config.url``, with the key of the ``config.api_key_env`` variable."""
+    if config.url is None:
+        raise ValueError("no cloud URL configured (cloud.url)")
+    return HttpCloud(
+        config.url,
+        timeout_s=config.timeout_s,
+        retries=config.retries,
+        api_key=os.environ.get(config.api_key_env) or None,
+    )

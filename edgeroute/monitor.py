@@ -13,29 +13,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
+from edgeroute.config import Thresholds
 from edgeroute.router import Costs
 
 DAYS_PER_MONTH = 30
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Alert thresholds (reference values of DESIGN §1) and the window they apply to."""
-
-    min_edge_share: float = 0.80
-    min_accuracy: float = 0.85
-    max_cost_per_query: float = 0.01
-    max_p95_latency_ms: float = 150.0
-    window_s: float = 3600.0
-    max_events: int = 100_000
-    trend_buckets: int = 6
-    trend_tolerance: float = 0.01  # change per bucket below which a metric is "stable"
 
 
 @dataclass
@@ -111,15 +98,15 @@ class Monitor:
 
     def __init__(
         self,
-        thresholds: Thresholds = Thresholds(),
+        thresholds: Thresholds | None = None,
         costs: Costs | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.thresholds = thresholds
+        self.thresholds = thresholds or Thresholds()
         self.costs = costs or Costs()
         self.clock = clock
         self.started = clock()
-        self._events: deque[_Event] = deque(maxlen=thresholds.max_events)
+        self._events: deque[_Event] = deque(maxlen=self.thresholds.max_events)
         self._by_request: dict[str, tuple[_Event, str]] = {}
         self._lock = threading.Lock()
 
@@ -172,7 +159,7 @@ class Monitor:
                 "monthly_cost": (metrics["cost_per_query"] or 0.0) * monthly_requests,
                 "monthly_cloud_only_cost": self.costs.cloud * monthly_requests,
             },
-            "thresholds": asdict(settings),
+            "thresholds": settings.model_dump(),
         }
 
     def _alerts(self, metrics: dict[str, Any]) -> list[str]:

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,20 @@ ESCALATION_REASONS = (LOW_CONFIDENCE, HIGH_COMPLEXITY, UNFAMILIAR_TEXT)
 
 _SENTENCE = re.compile(r"[.!?]+")
 _WORD = re.compile(r"\w+(?:'\w+)?")
+
+CHUNK = 512  # texts per router call when routing a stream: bounded memory, one cloud call a chunk
+
+
+def chunks(texts: Iterable[str], size: int = CHUNK) -> Iterator[list[str]]:
+    """``texts`` in lists of at most ``size``, in order."""
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -39,29 +39,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgeroute.audit import AuditLog
 from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
-from edgeroute.cloud import CircuitBreaker, GuardedCloud
+from edgeroute.cloud import CircuitBreaker, GuardedCloud, LocalCloud, http_cloud
+from edgeroute.config import ServeConfig
 from edgeroute.monitor import Monitor
 from edgeroute.router import Decision, Router, unicode_problem
 
 logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    role: Literal["edge", "cloud"] = "edge"
-    model_version: str = "unknown"
-    max_text_chars: int = 4000
-    max_batch: int = 256
-    timeout_s: float = 10.0
-    api_key: str | None = None
-    # Concurrent requests routed together, up to this many texts per model call (0: each alone),
-    # waiting at most micro_batch_wait_ms for more once one is waiting; micro_batch_workers
-    # model calls at once.
-    micro_batch: int = 64
-    micro_batch_wait_ms: float = 0.0
-    micro_batch_workers: int = 1
 
 
 class ClassifyRequest(BaseModel):
@@ -177,15 +162,23 @@ def breaker_of(router: Router) -> CircuitBreaker | None:
     return router.cloud.breaker if isinstance(router.cloud, GuardedCloud) else None
 
 
-def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: ServeSettings) -> FastAPI:
+def create_app(
+    router: Router,
+    audit: AuditLog,
+    monitor: Monitor,
+    config: ServeConfig,
+    *,
+    model_version: str,
+    api_key: str | None = None,
+) -> FastAPI:
     """The service around a loaded router; nothing is loaded per request."""
-    tier = router if settings.role == "edge" else CloudTier(router)
+    tier = router if config.role == "edge" else CloudTier(router)
     labels = set(router.labels)
     metrics = Metrics()
     breaker = breaker_of(router)
 
     def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
-        if settings.api_key is not None and not (key and secrets.compare_digest(key, settings.api_key)):
+        if api_key is not None and not (key and secrets.compare_digest(key, api_key)):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     def route(texts: list[str]) -> list[Decision]:
@@ -195,11 +188,11 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
     batcher = (
         MicroBatcher(
             route,
-            max_texts=settings.micro_batch,
-            max_wait_s=settings.micro_batch_wait_ms / 1000,
-            workers=settings.micro_batch_workers,
+            max_texts=config.batching.max_texts,
+            max_wait_s=config.batching.wait_ms / 1000,
+            workers=config.batching.workers or os.cpu_count() or 1,
         )
-        if settings.micro_batch
+        if config.batching.max_texts
         else None
     )
 
@@ -212,7 +205,7 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
         if batcher is not None:
             await batcher.close()
 
-    app = FastAPI(title="edgeroute", version=settings.model_version, lifespan=lifespan)
+    app = FastAPI(title="edgeroute", version=model_version, lifespan=lifespan)
 
     # Starlette's class, so that FastAPI's own errors (an unreadable body, 404, 405) come here too.
     @app.exception_handler(StarletteHTTPException)
@@ -235,15 +228,15 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
         texts = body.all_texts()
         if not texts:
             raise HTTPException(422, "texts: the batch is empty")
-        if len(texts) > settings.max_batch:
+        if len(texts) > config.limits.max_batch:
             raise HTTPException(
-                413, f"texts: {len(texts)} texts in one request; at most {settings.max_batch}"
+                413, f"texts: {len(texts)} texts in one request; at most {config.limits.max_batch}"
             )
         for i, text in enumerate(texts):
             where = "text" if body.text is not None else f"texts[{i}]"
-            if len(text) > settings.max_text_chars:
+            if len(text) > config.limits.max_text_chars:
                 raise HTTPException(
-                    413, f"{where}: {len(text)} characters; at most {settings.max_text_chars}"
+                    413, f"{where}: {len(text)} characters; at most {config.limits.max_text_chars}"
                 )
             if not text.strip():
                 raise HTTPException(422, f"{where}: empty text")
@@ -251,9 +244,9 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
                 raise HTTPException(422, f"{where}: {problem}")
         start = time.perf_counter()
         try:
-            decisions = await asyncio.wait_for(decide(texts), settings.timeout_s)
+            decisions = await asyncio.wait_for(decide(texts), config.limits.timeout_s)
         except TimeoutError:
-            raise HTTPException(504, f"no answer within {settings.timeout_s:g} s") from None
+            raise HTTPException(504, f"no answer within {config.limits.timeout_s:g} s") from None
         elapsed = time.perf_counter() - start
         results = [
             Result(
@@ -263,7 +256,7 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
             for d in decisions
         ]
         audit.record(
-            r.model_dump() | {"model_version": settings.model_version, "text": text}
+            r.model_dump() | {"model_version": model_version, "text": text}
             for r, text in zip(results, texts, strict=True)
         )
         for r in results:
@@ -274,7 +267,7 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
                 metrics.cloud_errors.inc()
         metrics.latency.observe(elapsed)
         logger.info("classified %d texts in %.1f ms (%s)", len(texts), elapsed * 1000, results[0].request_id)
-        return ClassifyResponse(model_version=settings.model_version, results=results)
+        return ClassifyResponse(model_version=model_version, results=results)
 
     @app.post("/v1/feedback", dependencies=[Depends(authorised)])
     async def feedback(body: FeedbackRequest) -> dict:
@@ -291,7 +284,7 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
     @app.get("/v1/health", dependencies=[Depends(authorised)])
     async def health() -> dict:
         extra = [f"cloud circuit {breaker.state}"] if breaker and breaker.state != "closed" else []
-        return monitor.report(extra) | {"role": settings.role, "model_version": settings.model_version}
+        return monitor.report(extra) | {"role": config.role, "model_version": model_version}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -309,8 +302,8 @@ def create_app(router: Router, audit: AuditLog, monitor: Monitor, settings: Serv
     async def readyz() -> dict:
         return {
             "status": "ready",
-            "role": settings.role,
-            "model_version": settings.model_version,
+            "role": config.role,
+            "model_version": model_version,
             "cloud": None if breaker is None else breaker.state,
         }
 
@@ -322,20 +315,15 @@ def model_version(bundle: Bundle, registered: str | None = None) -> str:
     return registered or str(bundle.manifest["lineage"].get("mlflow_run_id") or bundle.path.name)
 
 
-def edge_cloud_router(
-    bundle: Bundle, role: str, cloud_url: str | None, breaker: CircuitBreaker, *, threads: int = 1, **http
-) -> Router:
-    """The bundle's router for ``role``: escalations to ``cloud_url`` when given, else in-process.
-
-    An edge service with a ``cloud_url`` never loads the bundle's FP32 model.
-    """
-    from edgeroute.cloud import HttpCloud, LocalCloud
-
-    if role == "cloud":
+def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreaker) -> Router:
+    """The bundle's router for ``config.role``: escalations to ``config.cloud.url`` when given,
+    else in-process. An edge service with a cloud URL never loads the bundle's FP32 model."""
+    threads = config.batching.threads
+    if config.role == "cloud":
         return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
     cloud = (
-        HttpCloud(cloud_url, **http)
-        if cloud_url
+        http_cloud(config.cloud)
+        if config.cloud.url
         else LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
     )
     return bundle.router(GuardedCloud(cloud, breaker), threads=threads)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
-from edgeroute.config import load_config, to_yaml
-from tasks import tracking
 from tasks.bundle import recalibrated_bundle
 from tasks.calibrate import calibrate_router
 from tasks.data import prepare_data
 from tasks.gate import system_gate
 from tasks.registry import fetch_bundle, promote_model, register_model
+from tasks.support import tracking
+from tasks.support.config import load_config
 
 
 @flow(name="recalibrate-router")
@@ -26,16 +26,15 @@ def recalibrate_router(
     tags = {"preset": preset, "prefect.flow_run_id": str(flow_run.get_id()), "recalibrates": model}
     run_name = f"recalibrate-{flow_run.get_name()}"
     with tracking.pipeline_run(config.tracking.experiment, run_name, tags) as run_id:
-        tracking.log_params(run_id, config.model_dump(mode="json") | {"model": model})
-        tracking.log_text(run_id, to_yaml(config), "config.yaml")
-        data = prepare_data(config, run_id)
+        tracking.log_config(config)
+        data = prepare_data(config)
         source = fetch_bundle(model)
         router = source.router()
-        calibration = calibrate_router(config, data, router.edge, router.cloud, run_id)
-        system_gate(config, calibration, run_id)
-        bundle = recalibrated_bundle(config, data, source, calibration, model, run_id)
-        registered = register_model(config, data, bundle, run_id)
-        promotion = promote_model(config, data, registered, run_id)
+        calibration = calibrate_router(config, data, router.edge, router.cloud)
+        system_gate(config, calibration)
+        bundle = recalibrated_bundle(config, data, source, calibration, model)
+        registered = register_model(config, data, bundle)
+        promotion = promote_model(config, data, registered)
         tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
     return {
         "mlflow_run_id": run_id,

@@ -16,21 +16,20 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from edgeroute.bundle import load_bundle
-from edgeroute.router import Costs, Decision, Router, project, summarize
-from tasks.data import read_messages
+from edgeroute.router import Costs, Decision, Router, chunks, project, summarize
+from edgeroute.tables import read_messages
 
 DECISION_COLUMNS = tuple(f for f in Decision.__dataclass_fields__)
-CHUNK = 512
 
 
 def write_partitions(source: Path, text_column: str, rows_per_partition: int, directory: Path) -> list[Path]:
     """Validate the text column and cut the table into Parquet partitions of (row, text)."""
-    texts = read_messages(source, text_column)[text_column]
+    texts, _ = read_messages(source, text_column)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for number, start in enumerate(range(0, len(texts), rows_per_partition)):
         part = pd.DataFrame({"row": range(start, min(start + rows_per_partition, len(texts)))})
-        part["text"] = texts.iloc[part["row"]].to_numpy()
+        part["text"] = texts[start : start + len(part)]
         paths.append(directory / f"part-{number:05d}.parquet")
         part.to_parquet(paths[-1], index=False)
     return paths
@@ -47,9 +46,7 @@ def route_partition(bundle_path: Path, partition: Path, output: Path) -> Path:
     frame = pd.read_parquet(partition)
     texts = frame["text"].tolist()
     router = _router(str(bundle_path))
-    decisions = [
-        d for start in range(0, len(texts), CHUNK) for d in router.route(texts[start : start + CHUNK])
-    ]
+    decisions = [d for chunk in chunks(texts) for d in router.route(chunk)]
     routed = pd.DataFrame([d.to_dict() for d in decisions], columns=list(DECISION_COLUMNS))
     routed.insert(0, "row", frame["row"].to_numpy())
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,14 @@ from pathlib import Path
 from prefect import task
 
 from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, Bundle, derive_bundle, write_bundle
-from edgeroute.config import PipelineConfig
-from tasks import tracking
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed
-from tasks.data import PreparedData
 from tasks.distill import STUDENT
 from tasks.gate import GateDecision
-from tasks.trainer import Checkpoint
+from tasks.support import tracking
+from tasks.support.config import PipelineConfig
+from tasks.support.dataset import PreparedData
+from tasks.support.trainer import Checkpoint
 
 
 def bundle_files(compressed: Compressed, decision: GateDecision, calibration: Calibration) -> dict[str, Path]:
@@ -42,11 +42,11 @@ def bundle_model(
     decision: GateDecision,
     calibration: Calibration,
     benchmarks: dict[str, dict[str, float]],
-    parent_run_id: str,
     student: Checkpoint | None = None,
 ) -> Path:
     """Prefect task: write the bundle under ``work_dir/bundles/<run id>`` and log it to MLflow."""
-    destination = config.work_dir.resolve() / "bundles" / parent_run_id
+    run_id = tracking.pipeline_run_id()
+    destination = config.work_dir.resolve() / "bundles" / run_id
     metrics = {
         "edge": decision.metrics,
         "cloud": benchmarks[compressed.cloud_name],
@@ -57,7 +57,7 @@ def bundle_model(
         "data_digest": data.digest,
         "data_dir": str(data.directory),
         "git_commit": tracking.git_commit(),
-        "mlflow_run_id": parent_run_id,
+        "mlflow_run_id": run_id,
         "base_model": config.model.base,
         "teacher_base_model": config.model.teacher_base,
         "quantization_recipe": decision.recipe.name,
@@ -80,7 +80,7 @@ def bundle_model(
         metrics=metrics,
         lineage=lineage,
     )
-    tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
+    tracking.log_artifact(run_id, destination / "manifest.json", "bundle")
     # The bundle holds copies of what passed; the intermediate graphs of this run can go.
     shutil.rmtree(compressed.directory, ignore_errors=True)
     return destination
@@ -93,10 +93,10 @@ def recalibrated_bundle(
     source: Bundle,
     calibration: Calibration,
     model_uri: str,
-    parent_run_id: str,
 ) -> Path:
     """Prefect task: the source bundle with the new router.json, under ``work_dir/bundles/<run id>``."""
-    destination = config.work_dir.resolve() / "bundles" / parent_run_id
+    run_id = tracking.pipeline_run_id()
+    destination = config.work_dir.resolve() / "bundles" / run_id
     derive_bundle(
         source,
         destination,
@@ -106,9 +106,9 @@ def recalibrated_bundle(
             "recalibrated_from": model_uri,
             "calibration_data_digest": data.digest,
             "data_dir": str(data.directory),
-            "mlflow_run_id": parent_run_id,
+            "mlflow_run_id": run_id,
             "git_commit": tracking.git_commit(),
         },
     )
-    tracking.log_artifact(parent_run_id, destination / "manifest.json", "bundle")
+    tracking.log_artifact(run_id, destination / "manifest.json", "bundle")
     return destination

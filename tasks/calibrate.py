@@ -30,7 +30,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from edgeroute.cloud import CloudBackend, LocalCloud
-from edgeroute.config import PipelineConfig, RouterConfig
 from edgeroute.model import OnnxClassifier, load_tokenizer, softmax
 from edgeroute.privacy import mask
 from edgeroute.router import (
@@ -43,9 +42,10 @@ from edgeroute.router import (
     escalation_reasons,
     summarize,
 )
-from tasks import tracking
 from tasks.compress import Variant
-from tasks.data import PreparedData
+from tasks.support import tracking
+from tasks.support.config import PipelineConfig, RouterConfig
+from tasks.support.dataset import PreparedData
 
 CURVE_COLUMNS = (
     "min_confidence", "edge_share", "system_accuracy", "harm_rate", "harm_p_value", "edge_accuracy",
@@ -292,12 +292,10 @@ def calibrate_router(
     data: PreparedData,
     edge: OnnxClassifier,
     cloud: CloudBackend,
-    parent_run_id: str,
 ) -> Calibration:
     """Prefect task: calibrate on the calibration split, evaluate on the test split, log both."""
-    directory = config.work_dir.resolve() / "calibrate" / parent_run_id
-    with tracking.stage_run(parent_run_id, "calibrate") as run_id:
-        tracking.log_params(run_id, config.router.model_dump(mode="json"))
+    directory = config.work_dir.resolve() / "calibrate" / tracking.pipeline_run_id()
+    with tracking.stage("calibrate", config.router) as run_id:
         calibration = calibrate(edge, cloud, data.frame("calibration"), config.router, directory)
         test = evaluate(Router(edge, cloud, calibration.settings), data.frame("test"))
         metrics = calibration.metrics | {f"test_{k}": v for k, v in test.items()}

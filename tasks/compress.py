@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from edgeroute.config import CompressConfig, PipelineConfig
-from tasks import tracking
-from tasks.data import PreparedData
-from tasks.trainer import Checkpoint
+from tasks.support import tracking
+from tasks.support.config import CompressConfig, PipelineConfig
+from tasks.support.dataset import PreparedData
+from tasks.support.trainer import Checkpoint
 
 # Operators that hold the weights dynamic quantization turns into INT8.
 QUANTIZABLE = ("MatMul", "Gemm", "Attention")
@@ -303,15 +303,13 @@ def compress_model(
     config: PipelineConfig,
     data: PreparedData,
     edge: Checkpoint,
-    parent_run_id: str,
     teacher: Checkpoint | None = None,
 ) -> Compressed:
     """Prefect task: export and quantize the edge model (and export its teacher), a nested MLflow
     run with the sizes."""
-    output = config.work_dir.resolve() / "compress" / parent_run_id
+    output = config.work_dir.resolve() / "compress" / tracking.pipeline_run_id()
     corpus = pd.concat([data.frame(name)["text"] for name in ("train", "validation", "calibration")]).tolist()
-    with tracking.stage_run(parent_run_id, "compress") as run_id:
-        tracking.log_params(run_id, config.compress.model_dump(mode="json"))
+    with tracking.stage("compress", config.compress) as run_id:
         compressed = compress(
             edge.path, corpus, config.compress, output, teacher.path if teacher is not None else None
         )

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from prefect import task
 
-from edgeroute.config import PipelineConfig
-from tasks import base_model, trainer
-from tasks.data import PreparedData, unlabelled_texts
+from tasks.data import unlabelled_texts
+from tasks.support import base_model, trainer
+from tasks.support.config import PipelineConfig
+from tasks.support.dataset import PreparedData
 
 STAGE = "dapt"
 
@@ -110,7 +111,7 @@ def _task_cache_key(context, parameters) -> str:
 
 
 @task(name="domain-adapt", cache_key_fn=_task_cache_key, persist_result=True, log_prints=True)
-def domain_adapt(config: PipelineConfig, data: PreparedData, parent_run_id: str) -> trainer.Checkpoint:
+def domain_adapt(config: PipelineConfig, data: PreparedData) -> trainer.Checkpoint:
     """Prefect task: DAPT of the base model, a nested MLflow run; the base itself when disabled."""
     train = data.frame("train")["text"]
     init = base_model.base_for_run(config.model.teacher_base, config.work_dir, data.digest, train)
@@ -119,7 +120,7 @@ def domain_adapt(config: PipelineConfig, data: PreparedData, parent_run_id: str)
         return trainer.Checkpoint(Path(init), key, "base", {})
     params = {"base_model": config.model.teacher_base, "init": init, "max_length": config.model.max_length}
     return trainer.tracked_stage(
-        sys.modules[__name__], continue_pretraining, config, data, init, key, parent_run_id,
+        sys.modules[__name__], continue_pretraining, config, data, init, key,
         params | config.dapt.model_dump(mode="json"),
     )  # fmt: skip
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import unicodedata
-from dataclasses import asdict, dataclass
-from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -14,126 +12,22 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from edgeroute.config import DataConfig, PipelineConfig
+from edgeroute import tables
 from edgeroute.files import atomic_directory
-from edgeroute.router import unicode_problem
-from tasks import synthetic, tracking
+from edgeroute.tables import TableError, rows_phrase
+from tasks.support import synthetic, tracking
+from tasks.support.config import DataConfig, PipelineConfig
+from tasks.support.dataset import SPLITS, PreparedData
 
-SPLITS = ("train", "validation", "calibration", "test")
-FORMATS = {".csv": "CSV", ".jsonl": "JSONL", ".json": "JSONL", ".parquet": "Parquet"}
-_SHOWN = 5  # offending rows named in an error message
-
-
-class DataValidationError(ValueError):
-    """Input data that cannot be used, with the file, row and column at fault."""
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Where the split lives and what it holds; the input of every later stage."""
-
-    directory: Path
-    digest: str
-    labels: list[str]
-    source: str
-    rows_read: int
-    duplicates_removed: int
-    conflicting_duplicates: int
-    truncated: int
-    class_counts: dict[str, int]
-    split_counts: dict[str, int]
-
-    def path(self, split: str) -> Path:
-        return self.directory / f"{split}.parquet"
-
-    def frame(self, split: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path(split))
-
-    def to_json(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def load(cls, directory: Path) -> PreparedData:
-        """Read a prepared split back from its data card."""
-        card = json.loads((directory / "data.json").read_text(encoding="utf-8"))
-        fields = {name: card[name] for name in cls.__dataclass_fields__}
-        return cls(**fields | {"directory": Path(card["directory"])})
-
-
-def _rows(index: list[int] | pd.Index) -> str:
-    """Name offending rows 1-based, as a person counts data rows under the header."""
-    shown = ", ".join(str(i + 1) for i in list(index)[:_SHOWN])
-    more = len(index) - _SHOWN
-    return f"row {shown}" if len(index) == 1 else f"rows {shown}" + (f" and {more} more" if more > 0 else "")
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataValidationError(
-            f"{path}: line {line}, byte {exc.start}: not valid UTF-8 ({exc.reason}); "
-            "re-save the file as UTF-8"
-        ) from None
+# Input data that cannot be used, with the file, row and column at fault: the runtime's error
+# for a table it cannot read, so that both sides answer bad input alike.
+DataValidationError = TableError
 
 
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, JSONL or Parquet file as it is, every value kept as written."""
-    if not path.exists():
-        raise DataValidationError(f"data file not found: {path}")
-    if path.is_dir():
-        raise DataValidationError(f"{path} is a directory; data.path must name a file")
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DataValidationError(
-            f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(FORMATS)}"
-        )
-    if kind == "Parquet":
-        try:
-            return pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-            raise DataValidationError(f"{path}: not a readable Parquet file ({exc})") from None
-    text = _decode(path)
-    if not text.strip():
-        raise DataValidationError(f"{path}: the file is empty")
-    if kind == "CSV":
-        try:
-            return pd.read_csv(StringIO(text), dtype=str, keep_default_na=False)
-        except pd.errors.ParserError as exc:
-            raise DataValidationError(f"{path}: malformed CSV ({exc})") from None
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataValidationError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise DataValidationError(f"{path}: line {number}: JSON nested too deeply to read") from None
-        if not isinstance(record, dict):
-            raise DataValidationError(
-                f"{path}: line {number}: expected a JSON object, got {type(record).__name__}"
-            )
-        for key, value in record.items():
-            if isinstance(value, str) and (problem := unicode_problem(value)):
-                raise DataValidationError(f"{path}: line {number}, field {key!r}: {problem}")
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
-def require_columns(frame: pd.DataFrame, source: object, columns: dict[str, str | None]) -> None:
-    """Each of ``columns`` (name -> the setting that names it, if any) is in ``frame``."""
-    for column, setting in columns.items():
-        if column not in frame.columns:
-            named = f" ({setting})" if setting else ""
-            # repr: a stray space or an invisible character in a header shows.
-            available = ", ".join(map(repr, frame.columns)) or "none"
-            raise DataValidationError(
-                f"{source}: column {column!r} not found{named}; columns are: {available}"
-            )
+    columns, records = tables.read_table(path)
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def _is_missing(value: object) -> bool:
@@ -143,7 +37,9 @@ def _is_missing(value: object) -> bool:
 def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.DataFrame, int]:
     """Check columns and values; return ``text``/``label`` rows and how many texts were truncated."""
     text_col, label_col = config.text_column, config.label_column
-    require_columns(frame, source, {text_col: "data.text_column", label_col: "data.label_column"})
+    tables.require_columns(
+        frame.columns, source, {text_col: "data.text_column", label_col: "data.label_column"}
+    )
     if frame.empty:
         raise DataValidationError(f"{source}: no data rows under the header")
     texts, labels = frame[text_col], frame[label_col]
@@ -151,19 +47,19 @@ def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.D
     not_str = [i for i, v in enumerate(texts) if not _is_missing(v) and not isinstance(v, str)]
     if not_str:
         raise DataValidationError(
-            f"{source}: {_rows(not_str)}, column {text_col!r}: text must be a string, "
+            f"{source}: {rows_phrase(not_str)}, column {text_col!r}: text must be a string, "
             f"got {type(texts.iloc[not_str[0]]).__name__} {texts.iloc[not_str[0]]!r}"
         )
     empty = [i for i, v in enumerate(texts) if _is_missing(v) or not v.strip()]
     if empty:
-        raise DataValidationError(f"{source}: {_rows(empty)}, column {text_col!r}: empty text")
+        raise DataValidationError(f"{source}: {rows_phrase(empty)}, column {text_col!r}: empty text")
     no_label = [i for i, v in enumerate(labels) if _is_missing(v) or not str(v).strip()]
     if no_label:
-        raise DataValidationError(f"{source}: {_rows(no_label)}, column {label_col!r}: missing label")
+        raise DataValidationError(f"{source}: {rows_phrase(no_label)}, column {label_col!r}: missing label")
     bad_label = [i for i, v in enumerate(labels) if not isinstance(v, str | int | np.integer)]
     if bad_label:
         raise DataValidationError(
-            f"{source}: {_rows(bad_label)}, column {label_col!r}: a label must be a string or an "
+            f"{source}: {rows_phrase(bad_label)}, column {label_col!r}: a label must be a string or an "
             f"integer, got {type(labels.iloc[bad_label[0]]).__name__}"
         )
 
@@ -171,7 +67,7 @@ def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.D
     too_long = [i for i, t in enumerate(texts) if len(t) > config.max_chars]
     if too_long and config.on_too_long == "reject":
         raise DataValidationError(
-            f"{source}: {_rows(too_long)}, column {text_col!r}: text longer than data.max_chars="
+            f"{source}: {rows_phrase(too_long)}, column {text_col!r}: text longer than data.max_chars="
             f"{config.max_chars} (set data.on_too_long=truncate to cut such texts instead)"
         )
     texts = texts.str.slice(0, config.max_chars)
@@ -285,7 +181,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
 
 
 @task(name="prepare-data")
-def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
+def prepare_data(config: PipelineConfig) -> PreparedData:
     """Prefect task: the data stage, logged to MLflow as a nested run with its datasets."""
     logger = get_run_logger()
     prepared, splits = prepare_dataset(config)
@@ -297,8 +193,7 @@ def prepare_data(config: PipelineConfig, parent_run_id: str) -> PreparedData:
         prepared.truncated,
         prepared.directory,
     )
-    with tracking.stage_run(parent_run_id, "data") as run_id:
-        tracking.log_params(run_id, config.data.model_dump(mode="json") | {"seed": config.seed})
+    with tracking.stage("data", config.data.model_dump(mode="json") | {"seed": config.seed}) as run_id:
         tracking.log_metrics(
             run_id,
             {
@@ -330,17 +225,5 @@ def unlabelled_texts(config: PipelineConfig) -> list[str]:
         return []
     frame = read_table(path)
     column = config.data.text_column
-    require_columns(frame, path, {column: "data.text_column"})
+    tables.require_columns(frame.columns, path, {column: "data.text_column"})
     return [t.strip() for t in frame[column] if isinstance(t, str) and t.strip()]
-
-
-def read_messages(path: Path, text_column: str, label_column: str | None = None) -> pd.DataFrame:
-    """A table of messages to route: the text (and label) columns present, every text non-empty."""
-    frame = read_table(path)
-    require_columns(frame, path, dict.fromkeys(filter(None, (text_column, label_column))))
-    bad = [i for i, t in enumerate(frame[text_column]) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise DataValidationError(f"{path}: {_rows(bad)}, column {text_column!r}: empty or not text")
-    if frame.empty:
-        raise DataValidationError(f"{path}: no messages")
-    return frame

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from edgeroute.config import PipelineConfig
-from tasks import base_model, classifier, trainer
-from tasks.data import SPLITS, PreparedData, unlabelled_texts
+from tasks.classifier import common
+from tasks.data import unlabelled_texts
+from tasks.support import base_model, trainer
+from tasks.support.config import PipelineConfig
+from tasks.support.dataset import SPLITS, PreparedData
 
 STAGE = "distill"
 STUDENT = "student.json"
@@ -58,7 +60,7 @@ def build_student(source: str, labels: list[str], layers: int, layer_map: str):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(source, **classifier.label_mapping(labels))
+    model = AutoModelForSequenceClassification.from_pretrained(source, **common.label_mapping(labels))
     blocks = encoder_blocks(model)
     kept = select_layers(len(blocks), layers, layer_map)
     model.base_model.encoder.layer = torch.nn.ModuleList(blocks[i] for i in kept)
@@ -160,7 +162,7 @@ def distill(
     source, source_kind = student_source(config, data, init)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model, kept = build_student(source, data.labels, settings.layers, settings.layer_map)
-    splits, encoded = classifier.encode_splits(tokenizer, data, max_length)
+    splits, encoded = common.encode_splits(tokenizer, data, max_length)
     for name in ("train", "validation", "test"):
         scores = teacher_logits(init, splits[name]["text"].tolist(), max_length)
         encoded[name] = encoded[name].add_column(TEACHER_LOGITS, scores.tolist())
@@ -185,7 +187,7 @@ def distill(
         train_dataset=encoded["train"],
         eval_dataset=encoded["validation"],
         data_collator=DistillationCollator(tokenizer),
-        compute_metrics=classifier.compute_metrics,
+        compute_metrics=common.compute_metrics,
         callbacks=[
             EarlyStoppingCallback(early_stopping_patience=settings.patience),
             trainer.metrics_callback(run_id, STAGE),
@@ -202,10 +204,10 @@ def distill(
         "student_layers": float(len(kept)),
         "soft_labelled_texts": float(len(extra)),
     }
-    results |= classifier.final_metrics(data, splits, predict, output, student.is_world_process_zero())
+    results |= common.final_metrics(data, splits, predict, output, student.is_world_process_zero())
     trainer.save_checkpoint(student, model, tokenizer, output)
     if student.is_world_process_zero():
-        classifier.save_labels(data.labels, output)
+        common.save_labels(data.labels, output)
         record = {"teacher": init, "init": source_kind, "source": source, "kept_layers": kept}
         (output / STUDENT).write_text(json.dumps(record | settings.model_dump(mode="json"), indent=2))
     return results
@@ -223,7 +225,7 @@ def cache_key(config: PipelineConfig, data: PreparedData, teacher: trainer.Check
         config.distill.model_dump(mode="json"),
         config.seed,
         str(config.work_dir.resolve()),
-        trainer.code_digest(sys.modules[__name__], classifier, trainer, base_model),
+        trainer.code_digest(sys.modules[__name__], common, trainer, base_model),
     )
 
 
@@ -242,13 +244,13 @@ def student_tags(checkpoint: trainer.Checkpoint) -> dict[str, str]:
 
 @task(name="distill-student", cache_key_fn=_task_cache_key, persist_result=True, log_prints=True)
 def distill_student(
-    config: PipelineConfig, data: PreparedData, teacher: trainer.Checkpoint, parent_run_id: str
+    config: PipelineConfig, data: PreparedData, teacher: trainer.Checkpoint
 ) -> trainer.Checkpoint:
     """Prefect task: distil the teacher into the edge student, a nested MLflow run with per-epoch metrics."""
     params = {"teacher": str(teacher.path), "max_length": config.model.max_length}
     return trainer.tracked_stage(
         sys.modules[__name__], distill, config, data, str(teacher.path), cache_key(config, data, teacher),
-        parent_run_id, params | config.distill.model_dump(mode="json"),
+        params | config.distill.model_dump(mode="json"),
         artifacts=("confusion_matrix.png", STUDENT), tags=student_tags,
     )  # fmt: skip
 

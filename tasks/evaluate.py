@@ -10,11 +10,11 @@ import psutil
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from edgeroute.config import EvaluateConfig, PipelineConfig
 from edgeroute.model import OnnxClassifier, load_tokenizer
-from tasks import tracking
 from tasks.compress import Compressed, Variant, size_mb
-from tasks.data import PreparedData
+from tasks.support import tracking
+from tasks.support.config import EvaluateConfig, PipelineConfig
+from tasks.support.dataset import PreparedData
 
 HEADLINE = ("accuracy", "macro_f1", "p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "size_mb")
 
@@ -83,14 +83,13 @@ def benchmark_all(
 
 @task(name="benchmark")
 def benchmark_models(
-    config: PipelineConfig, data: PreparedData, compressed: Compressed, parent_run_id: str
+    config: PipelineConfig, data: PreparedData, compressed: Compressed
 ) -> dict[str, dict[str, float]]:
     """Prefect task: benchmark every variant, to MLflow and as a Prefect table artifact."""
     results = benchmark_all(
         compressed, data.labels, config.model.max_length, data.frame("test"), config.evaluate
     )
-    with tracking.stage_run(parent_run_id, "benchmark") as run_id:
-        tracking.log_params(run_id, config.evaluate.model_dump(mode="json"))
+    with tracking.stage("benchmark", config.evaluate) as run_id:
         for name, metrics in results.items():
             tracking.log_metrics(run_id, {f"{name}.{key}": value for key, value in metrics.items()})
     create_table_artifact(

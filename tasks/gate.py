@@ -10,13 +10,13 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from edgeroute.config import GateConfig, PipelineConfig
 from edgeroute.model import OnnxClassifier, load_tokenizer
-from tasks import tracking
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed, Recipe, Variant, fallback_recipes, quantize, weight_nodes
-from tasks.data import PreparedData
 from tasks.evaluate import benchmark
+from tasks.support import tracking
+from tasks.support.config import GateConfig, PipelineConfig
+from tasks.support.dataset import PreparedData
 
 Metrics = dict[str, float]
 
@@ -154,7 +154,6 @@ def gate_model(
     data: PreparedData,
     compressed: Compressed,
     benchmarks: dict[str, Metrics],
-    parent_run_id: str,
 ) -> GateDecision:
     """Prefect task: pass INT8 through the gate or fail the flow with a report of every attempt."""
     fp32, settings = benchmarks["fp32"], config.gate
@@ -174,8 +173,7 @@ def gate_model(
             Variant(path, int8.tokenizer), data.labels, config.model.max_length, test, config.evaluate
         )
 
-    with tracking.stage_run(parent_run_id, "gate") as run_id:
-        tracking.log_params(run_id, settings.model_dump(mode="json"))
+    with tracking.stage("gate", settings) as run_id:
         try:
             chosen, attempts = run_gate(fp32, primary, fallbacks, evaluate, settings)
         except GateFailed as failed:
@@ -240,22 +238,14 @@ def system_report(router: Metrics, checks: list[Check]) -> str:
 
 
 @task(name="system-gate")
-def system_gate(
-    config: PipelineConfig, calibration: Calibration, parent_run_id: str, quantization_report: str = ""
-) -> str:
+def system_gate(config: PipelineConfig, calibration: Calibration, quantization_report: str = "") -> str:
     """Prefect task: pass the calibrated routed system or fail the flow; the report (followed by
     the quantization gate's, when there was one) is the ``gate-report`` artifact."""
     checks = system_checks(calibration.metrics, config.gate)
     text = "\n".join(filter(None, [system_report(calibration.metrics, checks), quantization_report]))
     passed = all(c.passed for c in checks)
-    with tracking.stage_run(parent_run_id, "system-gate") as run_id:
-        tracking.log_params(
-            run_id,
-            {
-                "min_system_retention": config.gate.min_system_retention,
-                "min_edge_share": config.gate.min_edge_share,
-            },
-        )
+    params = config.gate.model_dump(include={"min_system_retention", "min_edge_share"})
+    with tracking.stage("system-gate", params) as run_id:
         tracking.log_metrics(
             run_id,
             {c.name: c.value for c in checks}

@@ -18,17 +18,25 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.variables import Variable
 
-from tasks import tracking
+from edgeroute.config import Thresholds
+from tasks.support import tracking
 
 STATE_VARIABLE = "edgeroute-monitor-state"
 
 
 @dataclass(frozen=True)
 class RetrainPolicy:
-    min_accuracy: float = 0.85
-    min_edge_share: float = 0.80
+    """Retrain below these accuracy and edge-share floors (the service's alert thresholds unless
+    given), after ``sustained`` breaching checks in a row, at most once per ``cooldown_s``."""
+
+    min_accuracy: float = Thresholds().min_accuracy
+    min_edge_share: float = Thresholds().min_edge_share
     sustained: int = 2
     cooldown_s: float = 24 * 3600
+
+    @classmethod
+    def from_thresholds(cls, thresholds: Thresholds, **values: Any) -> RetrainPolicy:
+        return cls(min_accuracy=thresholds.min_accuracy, min_edge_share=thresholds.min_edge_share, **values)
 
 
 def breaches(report: dict[str, Any], policy: RetrainPolicy) -> list[str]:

@@ -21,15 +21,15 @@ from mlflow.models import Model, infer_signature
 from prefect import task
 
 from edgeroute.bundle import Bundle, load_bundle
-from edgeroute.config import PipelineConfig, PromotionConfig
-from tasks import tracking
 from tasks.calibrate import evaluate
-from tasks.data import PreparedData
-from tasks.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
+from tasks.support import pyfunc_model, tracking
+from tasks.support.config import PipelineConfig, PromotionConfig
+from tasks.support.dataset import PreparedData
+from tasks.support.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PREVIOUS_CHAMPION = "previous_champion"
-MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+MODEL_CODE = Path(pyfunc_model.__file__)
 
 
 def requirements() -> list[str]:
@@ -47,13 +47,13 @@ class Registered:
     run_id: str
 
 
-def register_bundle(bundle_path: Path, name: str, parent_run_id: str, examples: list[str]) -> Registered:
+def register_bundle(bundle_path: Path, name: str, examples: list[str]) -> Registered:
     """Log the bundle as a pyfunc model in a ``register`` run, register it, alias it challenger."""
     bundle = load_bundle(bundle_path)  # refuse an altered bundle before it reaches the registry
     example = pd.DataFrame({"text": examples})
     output = decisions_frame(bundle.router(), examples)
     lineage = {f"lineage.{k}": str(v) for k, v in bundle.manifest["lineage"].items()}
-    with tracking.stage_run(parent_run_id, "register") as run_id:
+    with tracking.stage("register") as run_id:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model",
@@ -182,21 +182,16 @@ def fetch_bundle(reference: str) -> Bundle:
 
 
 @task(name="register")
-def register_model(
-    config: PipelineConfig, data: PreparedData, bundle_path: Path, parent_run_id: str
-) -> Registered:
+def register_model(config: PipelineConfig, data: PreparedData, bundle_path: Path) -> Registered:
     """Prefect task: the bundle into the registry as the new challenger."""
     examples = data.frame("test")["text"].head(3).tolist()
-    return register_bundle(bundle_path, config.tracking.registered_model, parent_run_id, examples)
+    return register_bundle(bundle_path, config.tracking.registered_model, examples)
 
 
 @task(name="promote")
-def promote_model(
-    config: PipelineConfig, data: PreparedData, registered: Registered, parent_run_id: str
-) -> dict[str, Any]:
+def promote_model(config: PipelineConfig, data: PreparedData, registered: Registered) -> dict[str, Any]:
     """Prefect task: promote or keep the champion; the decision and both scores go to MLflow."""
-    with tracking.stage_run(parent_run_id, "promote") as run_id:
-        tracking.log_params(run_id, config.promotion.model_dump(mode="json"))
+    with tracking.stage("promote", config.promotion) as run_id:
         decision = decide(registered.name, registered, data, config.promotion, run_id)
         tracking.set_tags(run_id, {"promoted": decision["promoted"], "decision": decision["reason"]})
     return decision

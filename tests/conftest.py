@@ -43,7 +43,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_corpus() -> list[str]:
-    from tasks.synthetic import generate
+    from tasks.support.synthetic import generate
 
     return [row["text"] for row in generate(300, seed=0)]
 
@@ -51,7 +51,7 @@ def tiny_corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, tiny_corpus) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece vocabulary trained on the test corpus."""
-    from tasks.base_model import build_tiny_bert
+    from tasks.support.base_model import build_tiny_bert
 
     return build_tiny_bert(tiny_corpus, tmp_path_factory.mktemp("models") / "tiny-bert")
 
@@ -59,8 +59,8 @@ def tiny_bert(tmp_path_factory, tiny_corpus) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """The tiny preset's config and prepared data, shared by the model-stage tests."""
-    from edgeroute.config import load_config
     from tasks.data import prepare_dataset
+    from tasks.support.config import load_config
 
     config = load_config("tiny", [f"work_dir={tmp_path_factory.mktemp('work')}"])
     return config, prepare_dataset(config)[0]

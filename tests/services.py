@@ -20,8 +20,9 @@ import uvicorn
 from edgeroute.audit import AuditLog
 from edgeroute.bundle import load_bundle
 from edgeroute.cloud import CircuitBreaker, LocalCloud
-from edgeroute.monitor import Monitor, Thresholds
-from edgeroute.server import ServeSettings, create_app, edge_cloud_router
+from edgeroute.config import load_serve_config
+from edgeroute.monitor import Monitor
+from edgeroute.server import create_app, edge_cloud_router
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -80,14 +81,31 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def edge_service(bundle_path: Path, tmp_path: Path, cloud_url: str | None = None, breaker=None, **settings):
+def edge_service(
+    bundle_path: Path,
+    tmp_path: Path,
+    cloud_url: str | None = None,
+    breaker=None,
+    *settings: str,
+    api_key: str | None = None,
+):
+    """An edge service on ``bundle_path``; ``settings`` are ``--set`` overrides of the serve config."""
+    config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.retries=0", *settings])
+    config = config.model_copy(update={"cloud": config.cloud.model_copy(update={"url": cloud_url})})
     bundle = load_bundle(bundle_path)
-    breaker = breaker or CircuitBreaker()
-    router = edge_cloud_router(bundle, "edge", cloud_url, breaker, timeout_s=1.0, retries=0)
+    router = edge_cloud_router(bundle, config, breaker or CircuitBreaker())
     audit = AuditLog(tmp_path / "audit.db")
-    monitor = Monitor(Thresholds(), router.settings.costs)
-    app = create_app(router, audit, monitor, ServeSettings(model_version="test/1", **settings))
+    monitor = Monitor(config.monitor, router.settings.costs)
+    app = create_app(router, audit, monitor, config, model_version="test/1", api_key=api_key)
     return Service(app), audit
+
+
+def run_cli(args: list[str], tmp_path: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
+    """A command as a user runs it in ``tmp_path``, with its own MLflow store (and Prefect API)."""
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 class Process:

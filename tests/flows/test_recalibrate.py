@@ -8,15 +8,16 @@ from mlflow import MlflowClient
 
 from edgeroute.bundle import load_bundle
 from flows.recalibrate import recalibrate_router
-from tasks import registry, tracking
-from tasks.synthetic import generate
+from tasks import registry
+from tasks.support import tracking
+from tasks.support.synthetic import generate
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_recalibration_registers_a_new_router_beside_the_same_models(tmp_path, mlflow_uri, tiny_bundle):
-    with tracking.pipeline_run("edgeroute", "training") as run_id:
-        first = registry.register_bundle(tiny_bundle, "edgeroute", run_id, ["hi"])
+    with tracking.pipeline_run("edgeroute", "training"):
+        first = registry.register_bundle(tiny_bundle, "edgeroute", ["hi"])
         registry.set_champion("edgeroute", first.version, "first champion")
     pd.DataFrame(generate(600, seed=11)).to_csv(tmp_path / "new.csv", index=False)
 

@@ -18,8 +18,9 @@ import tasks.classifier
 from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, load_bundle
 from flows.training import training_pipeline
 from tasks.compress import op_counts
-from tasks.data import SPLITS, DataValidationError
+from tasks.data import DataValidationError
 from tasks.gate import GateFailed
+from tasks.support.dataset import SPLITS
 from tests.services import task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -21,7 +21,12 @@ EXAMPLES = 25  # per operation and mode: a few seconds in all
 @pytest.fixture(scope="module")
 def api(tiny_bundle, tmp_path_factory):
     running, audit = edge_service(
-        tiny_bundle, tmp_path_factory.mktemp("fuzz"), max_text_chars=500, max_batch=16
+        tiny_bundle,
+        tmp_path_factory.mktemp("fuzz"),
+        None,
+        None,
+        "limits.max_text_chars=500",
+        "limits.max_batch=16",
     )
     yield running
     running.stop()

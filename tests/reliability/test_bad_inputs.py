@@ -341,7 +341,12 @@ SERVICE = {
 @pytest.fixture(scope="module")
 def service(tiny_bundle, tmp_path_factory):
     running, audit = edge_service(
-        tiny_bundle, tmp_path_factory.mktemp("service"), max_text_chars=200, max_batch=8
+        tiny_bundle,
+        tmp_path_factory.mktemp("service"),
+        None,
+        None,
+        "limits.max_text_chars=200",
+        "limits.max_batch=8",
     )
     yield running, audit
     running.stop()

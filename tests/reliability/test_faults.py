@@ -21,7 +21,7 @@ def test_a_slow_cloud_gets_the_edge_answer_within_the_time_budget(escalating_bun
     cloud = CloudService(load_bundle(escalating_bundle).router().cloud)
     cloud.delay_s = 5.0  # the edge gives up on it after 1 s (tests.services.edge_service)
     breaker = CircuitBreaker(failure_threshold=3)
-    edge, audit = edge_service(escalating_bundle, tmp_path, cloud.url, breaker, timeout_s=3.0)
+    edge, audit = edge_service(escalating_bundle, tmp_path, cloud.url, breaker, "limits.timeout_s=3.0")
     texts = tiny_prepared[1].frame("test")["text"].head(4).tolist()
     try:
         began = time.perf_counter()

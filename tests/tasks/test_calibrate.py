@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeroute.config import RouterConfig
 from edgeroute.model import softmax
 from edgeroute.router import Features, RouterSettings
 from tasks.calibrate import (
@@ -21,6 +20,7 @@ from tasks.calibrate import (
     fixed_sequence,
     sweep,
 )
+from tasks.support.config import RouterConfig
 
 
 def overconfident_logits(rng: np.random.Generator, n: int, temperature: float):

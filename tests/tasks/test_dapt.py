@@ -7,10 +7,10 @@ import pytest
 from mlflow import MlflowClient
 from transformers import AutoModelForMaskedLM
 
-from edgeroute.config import load_config
-from tasks import tracking
 from tasks.dapt import continue_pretraining, domain_texts
 from tasks.data import DataValidationError, prepare_dataset
+from tasks.support import tracking
+from tasks.support.config import load_config
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from edgeroute.config import load_config
 from tasks.data import (
     SPLITS,
     DataValidationError,
@@ -17,6 +16,7 @@ from tasks.data import (
     prepare_dataset,
     read_table,
 )
+from tasks.support.config import load_config
 from tests.conftest import SHARED_DATA
 
 BANKING77 = SHARED_DATA / "banking77" / "train.csv"

@@ -7,9 +7,9 @@ import json
 from transformers import AutoModelForSequenceClassification
 
 import tasks.classifier
-from edgeroute.config import load_config
-from tasks import trainer
 from tasks.data import prepare_dataset
+from tasks.support import trainer
+from tasks.support.config import load_config
 
 
 def test_classifier_trains_as_two_processes(tmp_path, tiny_bert):

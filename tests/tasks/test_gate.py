@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeroute.config import GateConfig
 from tasks.compress import Recipe
 from tasks.gate import Attempt, GateFailed, check, gap_recovered, run_gate, system_checks, system_report
+from tasks.support.config import GateConfig
 
 FP32 = {"accuracy": 0.90, "macro_f1": 0.88, "size_mb": 90.0, "p95_ms": 5.0}
 

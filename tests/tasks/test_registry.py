@@ -16,9 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from edgeroute.bundle import ROUTER, BundleError, derive_bundle, load_bundle
-from edgeroute.config import PromotionConfig
 from edgeroute.router import RouterSettings
-from tasks import registry, tracking
+from tasks import registry
+from tasks.support import tracking
+from tasks.support.config import PromotionConfig
 
 NAME = "edgeroute-test"
 
@@ -39,7 +40,7 @@ def variant_bundle(tiny_bundle: Path, tmp_path: Path, **settings) -> Path:
 
 
 def test_a_registered_bundle_is_a_pyfunc_model_with_lineage(tiny_bundle, parent_run, mlflow_uri):
-    registered = registry.register_bundle(tiny_bundle, NAME, parent_run, ["where is my parcel", "thanks!"])
+    registered = registry.register_bundle(tiny_bundle, NAME, ["where is my parcel", "thanks!"])
     client = MlflowClient(mlflow_uri)
     version = client.get_model_version_by_alias(NAME, "challenger")
     assert str(version.version) == registered.version == "1"
@@ -64,12 +65,12 @@ def test_promotion_first_champion_then_only_if_not_worse(tiny_bundle, tiny_prepa
     # The tiny calibration split is too small for the router to certify any edge share: a champion
     # that answers the simpler texts on the edge, whatever their confidence.
     some = variant_bundle(tiny_bundle, tmp_path / "some", min_confidence=0.0, max_complexity=0.5)
-    first = registry.register_bundle(some, NAME, parent_run, ["hi"])
+    first = registry.register_bundle(some, NAME, ["hi"])
     assert registry.decide(NAME, first, data, by_edge_share, parent_run)["promoted"]
 
     # Everything to the cloud: edge share 0, far worse on the configured metric.
     timid = variant_bundle(tiny_bundle, tmp_path, min_confidence=1.0)
-    second = registry.register_bundle(timid, NAME, parent_run, ["hi"])
+    second = registry.register_bundle(timid, NAME, ["hi"])
     decision = registry.decide(NAME, second, data, by_edge_share, parent_run)
     assert not decision["promoted"]
     assert decision["scores"]["challenger"] < decision["scores"]["champion"]
@@ -80,7 +81,7 @@ def test_promotion_first_champion_then_only_if_not_worse(tiny_bundle, tiny_prepa
 
     # Everything on the edge: the highest edge share there is, so it is promoted.
     bold = variant_bundle(tiny_bundle, tmp_path / "bold", min_confidence=0.0, max_complexity=1.0)
-    third = registry.register_bundle(bold, NAME, parent_run, ["hi"])
+    third = registry.register_bundle(bold, NAME, ["hi"])
     assert registry.decide(NAME, third, data, by_edge_share, parent_run)["promoted"]
     champion = registry.version_by_alias(NAME, "champion")
     assert str(champion.version) == third.version and champion.tags["previous_champion"] == first.version
@@ -88,7 +89,7 @@ def test_promotion_first_champion_then_only_if_not_worse(tiny_bundle, tiny_prepa
 
 def test_promote_and_rollback_from_the_command_line(tiny_bundle, parent_run, mlflow_uri, tmp_path):
     for _ in range(2):
-        registry.register_bundle(tiny_bundle, NAME, parent_run, ["hi"])
+        registry.register_bundle(tiny_bundle, NAME, ["hi"])
     edgeroute = str(Path(sys.executable).parent / "edgeroute")
     env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_uri}
 
@@ -116,5 +117,5 @@ def test_an_altered_bundle_is_never_registered(tiny_bundle, tmp_path, parent_run
     broken = shutil.copytree(tiny_bundle, tmp_path / "broken")
     (broken / ROUTER).write_text(RouterSettings(min_confidence=0.1).to_json())
     with pytest.raises(BundleError, match=r"router\.json does not match its sha256"):
-        registry.register_bundle(broken, NAME, parent_run, ["hi"])
+        registry.register_bundle(broken, NAME, ["hi"])
     assert MlflowClient(mlflow_uri).search_registered_models() == []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgeroute.monitor import Monitor, Thresholds, health_score, status, trend
+from edgeroute.config import Thresholds
+from edgeroute.monitor import Monitor, health_score, status, trend
 from edgeroute.router import Costs
 
 

@@ -11,13 +11,14 @@ from mlflow import MlflowClient
 from prefect import flow
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from edgeroute.config import load_config
 from edgeroute.model import OnnxClassifier, load_tokenizer
-from tasks import classifier_tf, tracking
 from tasks.classifier import code_modules, fine_tune
+from tasks.classifier import keras_backend as classifier_tf
 from tasks.compress import compress, quantized_op_count
 from tasks.evaluate import benchmark_all
 from tasks.gate import gate_model
+from tasks.support import tracking
+from tasks.support.config import load_config
 
 TEXTS = [
     "My refund has not arrived after 12 days.",
@@ -113,9 +114,9 @@ def test_keras_learns_and_reports_what_the_pytorch_backend_reports(keras_run, ti
 
 
 @flow(validate_parameters=False)
-def _gate_only(config, data, compressed, benchmarks, parent_run_id):
+def _gate_only(config, data, compressed, benchmarks):
     """The gate task as the training flow runs it, without the stages before it."""
-    return gate_model(config, data, compressed, benchmarks, parent_run_id)
+    return gate_model(config, data, compressed, benchmarks)
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -125,8 +126,8 @@ def test_keras_checkpoint_compresses_and_passes_the_gate(keras_compressed, tiny_
     benchmarks = benchmark_all(
         keras_compressed, data.labels, config.model.max_length, data.frame("test"), config.evaluate
     )
-    with tracking.pipeline_run("exp", "parent") as parent:
-        decision = _gate_only(config, data, keras_compressed, benchmarks, parent)
+    with tracking.pipeline_run("exp", "parent"):
+        decision = _gate_only(config, data, keras_compressed, benchmarks)
     assert "| pass |" in decision.report
     assert decision.metrics["accuracy"] >= config.gate.min_accuracy_retention * benchmarks["fp32"]["accuracy"]
 

@@ -13,6 +13,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from mlflow.utils.time import get_current_time_millis
+from pydantic import BaseModel
+
+from edgeroute.config import to_yaml
 
 STORE_DIR = Path("mlflow")
 _MAX_PARAM_LENGTH = 6000
@@ -80,11 +84,43 @@ def _run(experiment: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
     mlflow_client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
+# The pipeline run that stages nest under: set by `pipeline_run` for the flow run's tasks
+# (Prefect runs a flow's tasks in copies of its context, so they see it too).
+_PIPELINE_RUN: ContextVar[str | None] = ContextVar("edgeroute_pipeline_run", default=None)
+
+
 @contextmanager
 def pipeline_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
-    """A parent run for one flow run; marked FAILED if the block raises."""
+    """A parent run for one flow run, current inside the block; marked FAILED if the block raises."""
     all_tags = {"git_commit": git_commit() or "unknown"} | dict(tags or {})
-    with _run(experiment_id(experiment), name, all_tags) as run_id:
+    with _run(experiment_id(experiment), name, all_tags) as run_id, current(run_id):
+        yield run_id
+
+
+@contextmanager
+def current(run_id: str) -> Iterator[str]:
+    """Make ``run_id`` the pipeline run that stages nest under, inside the block."""
+    token = _PIPELINE_RUN.set(run_id)
+    try:
+        yield run_id
+    finally:
+        _PIPELINE_RUN.reset(token)
+
+
+def pipeline_run_id() -> str:
+    """The current pipeline run (`pipeline_run`, `current`)."""
+    run_id = _PIPELINE_RUN.get()
+    if run_id is None:
+        raise RuntimeError("no current pipeline run: stages run inside tracking.pipeline_run()")
+    return run_id
+
+
+@contextmanager
+def stage(name: str, params: BaseModel | Mapping[str, Any] | None = None) -> Iterator[str]:
+    """A stage's run, nested under the current pipeline run, with its config section as params."""
+    with stage_run(pipeline_run_id(), name) as run_id:
+        if params is not None:
+            log_params(run_id, params.model_dump(mode="json") if isinstance(params, BaseModel) else params)
         yield run_id
 
 
@@ -158,6 +194,13 @@ def log_datasets(run_id: str, splits: Mapping[str, pd.DataFrame], source: str, d
             )
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)]))
     client().log_inputs(run_id, datasets=inputs)
+
+
+def log_config(config: BaseModel) -> None:
+    """The pipeline config on the current pipeline run: every field a param, and ``config.yaml``."""
+    run_id = pipeline_run_id()
+    log_params(run_id, config.model_dump(mode="json"))
+    log_text(run_id, to_yaml(config), "config.yaml")
 
 
 def log_stage_summary(run_id: str, stage: str, metrics: Mapping[str, float], tags: Mapping[str, Any]) -> None:

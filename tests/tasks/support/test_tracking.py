@@ -7,7 +7,7 @@ import threading
 import pytest
 from mlflow import MlflowClient
 
-from tasks import tracking
+from tasks.support import tracking
 
 
 def test_default_store_is_sqlite_under_mlflow(tmp_path, monkeypatch):

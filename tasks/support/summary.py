@@ -6,12 +6,13 @@ MLflow pipeline run; ``edgeroute train`` (and so ``make demo``) prints the same 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import tracking
+from tasks.support import tracking
 
 Metrics = dict[str, float]
 
@@ -143,8 +144,53 @@ ${router["test_cost_per_query"]:.5f} | **{100 * router["test_savings_vs_cloud_on
 """
 
 
-@task(name="publish-summary")
-def publish_summary(parent_run_id: str, markdown: str) -> None:
-    """Prefect task: the summary as a markdown artifact and on the MLflow pipeline run."""
+@task(name="summarize-run")
+def summarize_run(
+    config: Any,
+    run_name: str,
+    *,
+    data: Any,
+    adapted: Any,
+    classifier: Any,
+    student: Any,
+    benchmarks: dict[str, Metrics],
+    decision: Any,
+    calibration: Any,
+    bundle: Path,
+    registered: Any,
+    promotion: dict[str, Any],
+) -> dict[str, str]:
+    """Prefect task: each stage's figures on the pipeline run, the summary (the ``training-summary``
+    markdown artifact and ``summary.md``), and the flow's outputs with the summary under ``summary``."""
+    run_id = tracking.pipeline_run_id()
+    for checkpoint in filter(None, (adapted, classifier, student)):
+        tracking.log_stage_summary(
+            run_id, checkpoint.stage, checkpoint.metrics,
+            {"checkpoint": checkpoint.path, "mlflow_run_id": checkpoint.mlflow_run_id},
+        )  # fmt: skip
+    columns = models(benchmarks, decision.metrics)
+    tracking.log_stage_summary(run_id, "edge", decision.metrics, {"recipe": decision.recipe.name})
+    tracking.log_stage_summary(run_id, "cloud", cloud_tier(columns), {"bundle": bundle})
+    tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
+    tracking.set_tags(run_id, {"registered_version": registered.version, "promoted": promotion["promoted"]})
+    markdown = to_markdown(
+        run_name, classifier.metrics, columns, config.distill.layers if student is not None else None,
+        calibration.metrics, calibration.settings.calibration, registered, promotion,
+    )  # fmt: skip
     create_markdown_artifact(key="training-summary", markdown=markdown, description="Training run summary")
-    tracking.log_text(parent_run_id, markdown, "summary.md")
+    tracking.log_text(run_id, markdown, "summary.md")
+    return {
+        "mlflow_run_id": run_id,
+        "mlflow_experiment": config.tracking.experiment,
+        "tracking_uri": tracking.tracking_uri(),
+        "data_dir": str(data.directory),
+        "data_digest": data.digest,
+        "dapt_checkpoint": str(adapted.path),
+        "classifier_checkpoint": str(classifier.path),
+        **({"student_checkpoint": str(student.path)} if student is not None else {}),
+        **headline(classifier.metrics, columns, calibration.metrics, promotion),
+        "bundle": str(bundle),
+        "registered_model": f"models:/{registered.name}/{registered.version}",
+        "champion": f"models:/{registered.name}@champion",
+        "summary": markdown,
+    }

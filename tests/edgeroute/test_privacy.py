@@ -58,7 +58,7 @@ def test_checksums_decide_cards_and_ibans():
 
 
 def test_masking_the_generated_corpus_leaves_no_personal_data():
-    from tasks.synthetic import generate
+    from tasks.support.synthetic import generate
 
     texts = [row["text"] for row in generate(2000, seed=5)]
     masked = [mask(t) for t in texts]

@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
-from edgeroute.config import PipelineConfig, build_config, to_yaml
+from edgeroute.config import to_yaml
 from edgeroute.files import atomic_directory
-from tasks import tracking
-from tasks.data import PreparedData
+from tasks.support import tracking
+from tasks.support.config import PipelineConfig, build_config
+from tasks.support.dataset import PreparedData
 
 logger = logging.getLogger(__name__)
 
@@ -121,15 +122,13 @@ def tracked_stage(
     data: PreparedData,
     init: str,
     key: str,
-    parent_run_id: str,
     params: dict,
     artifacts: Iterable[str] = (),
     tags: Callable[[Checkpoint], dict] | None = None,
 ) -> Checkpoint:
     """`run_stage` as a nested MLflow run: its params, then the checkpoint's metrics, the named
     files of the checkpoint as artifacts, and tags (the checkpoint, the cache key, ``tags``)."""
-    with tracking.stage_run(parent_run_id, module.STAGE) as run_id:
-        tracking.log_params(run_id, params)
+    with tracking.stage(module.STAGE, params) as run_id:
         checkpoint = run_stage(module, fn, config, data, init, key, run_id)
         tracking.log_metrics(run_id, checkpoint.metrics)
         for name in artifacts:

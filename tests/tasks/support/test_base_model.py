@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from tasks.base_model import PACKAGED, TINY, build_tiny_bert, resolve_base_model
+from tasks.support.base_model import PACKAGED, TINY, build_tiny_bert, resolve_base_model
 
 
 def test_tiny_bert_is_an_ordinary_checkpoint(tiny_bert):

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeroute.config import (
-    ConfigError,
-    DataConfig,
-    PipelineConfig,
-    apply_overrides,
-    load_config,
-    to_yaml,
-)
+from edgeroute.config import ConfigError, apply_overrides, to_yaml
+from tasks.support.config import DataConfig, PipelineConfig, load_config
 
 
 def test_presets_load_and_differ():

@@ -8,10 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from edgeroute.config import load_config
-from tasks.classifier import tfidf_baseline
+from tasks.classifier.common import tfidf_baseline
 from tasks.data import prepare_dataset
-from tasks.synthetic import LABELS, TEMPLATES, generate
+from tasks.support.config import load_config
+from tasks.support.synthetic import LABELS, TEMPLATES, generate
 
 
 def _luhn_ok(number: str) -> bool:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeroute.config import PipelineConfig
-from tasks import trainer
-from tasks.classifier import (
+from tasks.classifier.common import (
     STAGE,
     classification_metrics,
     encode_splits,
@@ -25,7 +23,9 @@ from tasks.classifier import (
     label_mapping,
     save_labels,
 )
-from tasks.data import PreparedData
+from tasks.support import trainer
+from tasks.support.config import PipelineConfig
+from tasks.support.dataset import PreparedData
 
 NEEDS_TENSORFLOW = (
     "classifier.backend=tensorflow needs TensorFlow and tf-keras: install the 'tensorflow' extra "

@@ -9,10 +9,11 @@ import torch
 from mlflow import MlflowClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from edgeroute.config import load_config
-from tasks import tracking, trainer
-from tasks.classifier import fine_tune, warm_up_head
+from tasks.classifier import fine_tune
+from tasks.classifier.torch_backend import warm_up_head
 from tasks.data import prepare_dataset
+from tasks.support import tracking, trainer
+from tasks.support.config import load_config
 
 
 @pytest.fixture

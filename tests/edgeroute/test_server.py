@@ -17,7 +17,9 @@ SECRET_TEXT = "my card 4111 1111 1111 1111 was charged twice, mail ben.482@examp
 
 @pytest.fixture
 def service(tiny_bundle, tmp_path):
-    running, audit = edge_service(tiny_bundle, tmp_path, max_text_chars=200, max_batch=8)
+    running, audit = edge_service(
+        tiny_bundle, tmp_path, None, None, "limits.max_text_chars=200", "limits.max_batch=8"
+    )
     yield running
     running.stop()
     audit.close()
@@ -169,7 +171,7 @@ def test_a_cloud_service_stopped_mid_run_opens_the_breaker_which_closes_when_it_
 
 
 def test_a_request_over_its_time_budget_gets_504(tiny_bundle, tmp_path):
-    running, audit = edge_service(tiny_bundle, tmp_path, timeout_s=1e-6)
+    running, audit = edge_service(tiny_bundle, tmp_path, None, None, "limits.timeout_s=1e-6")
     try:
         response = httpx.post(f"{running.url}/v1/classify", json={"text": "where is my parcel"})
         assert response.status_code == 504 and "no answer within" in response.json()["detail"]
@@ -192,7 +194,7 @@ def test_concurrent_requests_are_micro_batched_and_answered_as_alone(tiny_bundle
 
     from edgeroute.bundle import load_bundle
 
-    running, audit = edge_service(tiny_bundle, tmp_path, micro_batch=64)
+    running, audit = edge_service(tiny_bundle, tmp_path, None, None, "batching.max_texts=64")
     try:
         messages = texts["text"].tolist() * 8
         with httpx.Client() as client, ThreadPoolExecutor(16) as pool:

