@@ -47,6 +47,10 @@ BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 """
 
 
+class AuditError(ValueError):
+    """An audit trail that cannot be kept as it must be."""
+
+
 def audit_key(database: Path) -> bytes:
     """The HMAC key: ``EDGEROUTE_AUDIT_KEY``, else ``<database>.key`` (made on first use, mode 600)."""
     if os.environ.get(KEY_ENV):
@@ -56,7 +60,12 @@ def audit_key(database: Path) -> bytes:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    key = path.read_text().strip()
+    if not key:
+        raise AuditError(
+            f"{path}: the audit key file is empty; remove it to make a new key, or set {KEY_ENV}"
+        )
+    return key.encode()
 
 
 class AuditLog:

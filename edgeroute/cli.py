@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +18,7 @@ from typer.core import TyperGroup
 
 from edgeroute.config import CloudConfig, ConfigError, load_serve_config
 from edgeroute.plugins import PluginError, plugins
-from edgeroute.router import chunks
+from edgeroute.router import CLOUD_ERROR, chunks
 
 
 class CommandGroup(TyperGroup):
@@ -156,8 +157,10 @@ def classify(
     if file is not None and not (str(file) == "-" or file.is_file()):
         raise fail(f"--file {file}: no such file", 2)
     source = _checked(texts) if texts else _read_lines(file if file is not None else Path("-"))
+    outcomes = Counter()
     for chunk in chunks(source):
         for text, decision in zip(chunk, router.route(chunk), strict=True):
+            outcomes.update(_cloud_outcome(decision))
             if as_json:
                 typer.echo(json.dumps(decision.to_dict() | {"text": text}))
             else:
@@ -165,6 +168,22 @@ def classify(
                     f"{decision.label}\t{decision.confidence:.3f}\t{decision.route}\t{decision.reason}"
                     f"\t${decision.cost:.4f}\t{text}"
                 )
+    _require_a_working_cloud(outcomes)
+
+
+def _cloud_outcome(decision) -> list[str]:
+    """``answered`` or ``failed`` for a decision that escalated, nothing for one that did not."""
+    return ["answered"] if decision.route == "cloud" else ["failed"] if decision.reason == CLOUD_ERROR else []
+
+
+def _require_a_working_cloud(outcomes: Counter) -> None:
+    """Exit 1 when the cloud was needed and failed every time: the answers are all the edge's."""
+    if outcomes["failed"] and not outcomes["answered"]:
+        raise fail(
+            f"every cloud call failed ({outcomes['failed']} escalations answered on the edge as "
+            "cloud_error): check the cloud URL and EDGEROUTE_CLOUD_API_KEY",
+            1,
+        )
 
 
 @app.command()
@@ -188,6 +207,7 @@ def simulate(
     texts, labels = _read_messages(data, text_column, label_column)
     router = open_router(bundle, model, cloud_url)
     decisions = [d for chunk in chunks(texts) for d in router.route(chunk)]
+    _require_a_working_cloud(Counter(o for d in decisions for o in _cloud_outcome(d)))
     summary = summarize(decisions, router.settings.costs, labels) | project(
         decisions, router.settings.costs, per_month
     )
@@ -255,7 +275,7 @@ def serve(
 
     import uvicorn
 
-    from edgeroute.audit import AuditLog
+    from edgeroute.audit import AuditError, AuditLog
     from edgeroute.bundle import BundleError, load_bundle
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.monitor import Monitor
@@ -280,11 +300,12 @@ def serve(
     try:  # each file's checksum when it is first read: only what this service loads
         loaded = load_bundle(path, lazy=True)
         router = edge_cloud_router(loaded, serving, breaker)
-    except BundleError as exc:
+        audit_log = AuditLog(serving.audit)
+    except (BundleError, AuditError) as exc:
         raise fail(str(exc), 2) from None
     version = model_version(loaded, registered)
     app = create_app(
-        router, AuditLog(serving.audit), Monitor(serving.monitor, router.settings.costs), serving,
+        router, audit_log, Monitor(serving.monitor, router.settings.costs), serving,
         model_version=version, api_key=os.environ.get(serving.api_key_env) or None,
     )  # fmt: skip
     typer.echo(f"edgeroute {serving.role} service, model {version}, on http://{serving.host}:{serving.port}")

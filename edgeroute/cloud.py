@@ -87,16 +87,32 @@ class HttpCloud:
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    results = json.load(response)["results"]
-                return [Prediction(r["label"], float(r["confidence"])) for r in results]
+                    body = response.read()
+                return predictions(body, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
+                # The status only: the body of an error may echo the texts it was sent.
                 if exc.code < 500 or attempt == self.retries:
-                    raise RuntimeError(f"{self.endpoint} answered {exc.code}: {exc.read()[:200]!r}") from None
+                    raise RuntimeError(f"{self.endpoint} answered {exc.code}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt == self.retries:
                     raise RuntimeError(f"{self.endpoint} unreachable: {exc}") from None
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def predictions(body: bytes, expected: int, source: str) -> list[Prediction]:
+    """The answers of a cloud service's body, each a label and a finite confidence in [0, 1]."""
+    try:
+        results = json.loads(body)["results"]
+        answers = [Prediction(r["label"], float(r["confidence"])) for r in results]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise RuntimeError(f"{source} answered a body that is not a list of results") from None
+    if len(answers) != expected:
+        raise RuntimeError(f"{source} answered {len(answers)} results for {expected} texts")
+    for i, answer in enumerate(answers):
+        if not isinstance(answer.label, str) or not 0 <= answer.confidence <= 1:  # NaN fails both bounds
+            raise RuntimeError(f"{source}: result {i} has no label or a confidence outside [0, 1]")
+    return answers
 
 
 class CircuitBreaker:

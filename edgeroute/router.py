@@ -300,6 +300,12 @@ class Router:
                 "cloud backend %s answered %d of %d queries", self.cloud.name, len(answers), len(texts)
             )
             return None, True
+        unknown = sum(answer.label not in self.labels for answer in answers)
+        if unknown:
+            logger.warning(
+                "cloud backend %s answered %d labels outside the bundle's", self.cloud.name, unknown
+            )
+            return None, True
         return answers, True
 
 

@@ -178,7 +178,10 @@ def create_app(
     breaker = breaker_of(router)
 
     def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
-        if api_key is not None and not (key and secrets.compare_digest(key, api_key)):
+        # Bytes: the header arrives decoded as Latin-1, and compare_digest refuses non-ASCII str.
+        if api_key is not None and not (
+            key and secrets.compare_digest(key.encode("latin-1"), api_key.encode("utf-8"))
+        ):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     def route(texts: list[str]) -> list[Decision]:
@@ -205,7 +208,15 @@ def create_app(
         if batcher is not None:
             await batcher.close()
 
-    app = FastAPI(title="edgeroute", version=model_version, lifespan=lifespan)
+    # With a key, the API's description is behind it too: GET /openapi.json with the key; no
+    # interactive pages, which a browser could not open with the header.
+    keyed = {"docs_url": None, "redoc_url": None, "openapi_url": None} if api_key is not None else {}
+    app = FastAPI(title="edgeroute", version=model_version, lifespan=lifespan, **keyed)
+    if api_key is not None:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
+        async def openapi() -> dict:
+            return app.openapi()
 
     # Starlette's class, so that FastAPI's own errors (an unreadable body, 404, 405) come here too.
     @app.exception_handler(StarletteHTTPException)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -150,26 +151,35 @@ class _QuietServer(ThreadingHTTPServer):
 class CloudService:
     """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
 
-    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer.
+    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer; ``reply``,
+    when set, answers instead: ``reply(texts)`` gives the status and the body. ``api_key`` makes
+    it answer 401 without that ``X-API-Key``. ``headers`` keeps the headers of every request,
+    names in lower case.
     """
 
-    def __init__(self, cloud: LocalCloud, port: int = 0) -> None:
+    def __init__(self, cloud: LocalCloud, port: int = 0, api_key: str | None = None) -> None:
         self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
+        self.reply: Callable[[list[str]], tuple[int, bytes]] | None = None
+        self.headers: list[dict[str, str]] = []
         service = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 service.requests += 1
+                service.headers.append({k.lower(): v for k, v in self.headers.items()})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(service.delay_s)
-                if service.fail_next:
+                if api_key is not None and self.headers.get("X-API-Key") != api_key:
+                    status, payload = 401, b'{"detail": "missing or wrong API key"}'
+                elif service.fail_next:
                     service.fail_next -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                answers = service.cloud.classify(body["texts"])
-                payload = json.dumps({"results": [a.__dict__ for a in answers]}).encode()
-                self.send_response(200)
+                    status, payload = 503, b""
+                elif service.reply is not None:
+                    status, payload = service.reply(body["texts"])
+                else:
+                    answers = service.cloud.classify(body["texts"])
+                    status, payload = 200, json.dumps({"results": [a.__dict__ for a in answers]}).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()

@@ -1,0 +1,153 @@
+"""Defects an outside test pass found (issue 17), each named by its item: real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import httpx
+import pytest
+
+from edgeroute import audit
+from edgeroute.bundle import CLOUD_MODEL, load_bundle
+from edgeroute.cloud import CircuitBreaker, LocalCloud
+from tests.services import BIN, CloudService, edge_service, run_cli
+
+SECRET = "a message about order 12345 from jane@example.com"
+
+
+@pytest.fixture
+def stand_in(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    service = CloudService(LocalCloud(bundle.classifier(CLOUD_MODEL)))
+    yield service
+    service.stop()
+
+
+def classify(url: str, text: str, **headers) -> httpx.Response:
+    return httpx.post(f"{url}/v1/classify", json={"text": text}, headers=headers, timeout=10)
+
+
+def test_item_3_a_non_ascii_api_key_is_refused_with_401(tiny_bundle, tmp_path):
+    running, _ = edge_service(tiny_bundle, tmp_path, api_key="s3cret")
+    try:
+        wrong = httpx.post(
+            f"{running.url}/v1/classify",
+            json={"text": "hi"},
+            headers={b"X-API-Key": "clé".encode()},
+            timeout=10,
+        )
+        assert wrong.status_code == 401
+        assert classify(running.url, "hi", **{"X-API-Key": "s3cret"}).status_code == 200
+    finally:
+        running.stop()
+
+
+def test_item_21_the_api_description_is_behind_the_key(tiny_bundle, tmp_path):
+    keyed, _ = edge_service(tiny_bundle, tmp_path / "keyed", api_key="s3cret")
+    open_, _ = edge_service(tiny_bundle, tmp_path / "open")
+    try:
+        for page in ("/docs", "/redoc"):
+            assert httpx.get(keyed.url + page).status_code == 404, page
+        assert httpx.get(keyed.url + "/openapi.json").status_code == 401
+        described = httpx.get(keyed.url + "/openapi.json", headers={"X-API-Key": "s3cret"})
+        assert described.status_code == 200 and "/v1/classify" in described.json()["paths"]
+        assert httpx.get(open_.url + "/docs").status_code == 200
+        assert httpx.get(keyed.url + "/healthz").status_code == 200
+    finally:
+        keyed.stop()
+        open_.stop()
+
+
+def test_item_6_the_edge_logs_the_cloud_status_never_its_body(escalating_bundle, tmp_path, stand_in, caplog):
+    stand_in.reply = lambda texts: (500, json.dumps({"error": "cannot classify", "texts": texts}).encode())
+    running, _ = edge_service(escalating_bundle, tmp_path, stand_in.url)
+    try:
+        with caplog.at_level(logging.WARNING):
+            answer = classify(running.url, SECRET).json()["results"][0]
+        assert answer["reason"] == "cloud_error"
+        assert "answered 500" in caplog.text
+        assert (
+            "12345" not in caplog.text and "jane" not in caplog.text and "cannot classify" not in caplog.text
+        )
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"label": "positive", "confidence": math.nan},
+        {"label": None, "confidence": 0.9},
+        {"label": "positive", "confidence": 7.5},
+        {"label": "pwned", "confidence": 0.9},
+        {"confidence": 0.9},
+    ],
+    ids=["nan-confidence", "null-label", "confidence-above-1", "label-outside-the-bundle", "no-label"],
+)
+def test_item_8_a_bad_cloud_answer_is_a_cloud_error(escalating_bundle, tmp_path, stand_in, result):
+    stand_in.reply = lambda texts: (200, json.dumps({"results": [result] * len(texts)}).encode())
+    breaker = CircuitBreaker(failure_threshold=100)
+    running, _ = edge_service(escalating_bundle, tmp_path, stand_in.url, breaker)
+    try:
+        response = classify(running.url, "where is my parcel")
+        assert response.status_code == 200
+        answer = response.json()["results"][0]
+        assert answer["reason"] == "cloud_error" and answer["route"] == "edge"
+        assert answer["label"] in {"negative", "neutral", "positive"} and 0 <= answer["confidence"] <= 1
+        if result.get("label") != "pwned":  # a malformed answer is the cloud's failure
+            assert breaker.failures == 1
+    finally:
+        running.stop()
+
+
+def test_item_10_classify_sends_the_cloud_key_and_fails_when_every_call_failed(
+    escalating_bundle, tmp_path, tiny_bundle, monkeypatch
+):
+    keyed = CloudService(LocalCloud(load_bundle(tiny_bundle).classifier(CLOUD_MODEL)), api_key="cloud-s3cret")
+    try:
+        args = [
+            str(BIN / "edgeroute"),
+            "classify",
+            "--bundle",
+            str(escalating_bundle),
+            "--cloud-url",
+            keyed.url,
+        ]
+        monkeypatch.setenv("EDGEROUTE_CLOUD_API_KEY", "cloud-s3cret")
+        done = run_cli([*args, "--json", "where is my parcel"], tmp_path)
+        monkeypatch.delenv("EDGEROUTE_CLOUD_API_KEY")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["route"] == "cloud"
+        assert keyed.headers[-1]["x-api-key"] == "cloud-s3cret"
+
+        unkeyed = run_cli([*args, "where is my parcel"], tmp_path)
+        assert unkeyed.returncode == 1
+        assert "every cloud call failed (1 escalations answered on the edge" in unkeyed.stderr
+        (tmp_path / "tickets.csv").write_text("text\nwhere is my parcel\nthanks\n")
+        simulate = [
+            str(BIN / "edgeroute"),
+            "simulate",
+            "--data",
+            "tickets.csv",
+            "--bundle",
+            str(escalating_bundle),
+        ]
+        projected = run_cli([*simulate, "--cloud-url", keyed.url], tmp_path)
+        assert projected.returncode == 1 and "every cloud call failed" in projected.stderr
+        assert "saves" not in projected.stdout
+    finally:
+        keyed.stop()
+
+
+def test_item_17_an_empty_audit_key_file_is_refused(tmp_path, tiny_bundle, monkeypatch):
+    monkeypatch.delenv("EDGEROUTE_AUDIT_KEY", raising=False)
+    database = tmp_path / "audit.db"
+    (tmp_path / "audit.db.key").write_text("\n")
+    with pytest.raises(audit.AuditError, match=r"audit\.db\.key: the audit key file is empty"):
+        audit.AuditLog(database)
+    done = run_cli(
+        [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--audit", str(database)], tmp_path
+    )
+    assert done.returncode == 2 and "the audit key file is empty" in done.stderr
