@@ -25,6 +25,7 @@ EDGE_MODEL = "edge/model.onnx"
 CLOUD_MODEL = "cloud/model.onnx"
 TOKENIZER = "tokenizer.json"
 ROUTER = "router.json"
+MAX_LENGTH = 512  # the longest token sequence a bundle may ask for (BERT-style position tables)
 
 
 class BundleError(ValueError):
@@ -55,6 +56,8 @@ def write_bundle(
     for required in (EDGE_MODEL, TOKENIZER):
         if required not in files:
             raise BundleError(f"a bundle needs {required}")
+    for name in files:
+        _refuse_escape(destination, name, Path(name))
     if destination.exists():
         raise BundleError(f"{destination} already exists; bundles are never overwritten")
     with atomic_directory(destination) as staging:
@@ -137,9 +140,15 @@ class Bundle:
         tokenizer_name = own if self.has(own) else TOKENIZER
         self.verify(name, tokenizer_name)
         tokenizer = load_tokenizer(self.path / tokenizer_name, self.manifest["max_length"])
-        return OnnxClassifier(
+        model = OnnxClassifier(
             self.path / name, tokenizer, self.labels, threads=threads, batch_size=batch_size
         )
+        outputs = model.session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != len(self.labels):
+            raise BundleError(
+                f"{self.path}: {name} has {outputs} outputs and the manifest {len(self.labels)} labels"
+            )
+        return model
 
     def router_settings(self) -> RouterSettings:
         """``router.json``, or the reference settings for a bundle that was never calibrated."""
@@ -159,6 +168,36 @@ class Bundle:
         return Router(edge, cloud, self.router_settings())
 
 
+def _refuse_escape(root: Path, name: str, inside: Path) -> None:
+    """Refuse a manifest entry that is absolute, climbs with ``..`` or resolves outside ``root``."""
+    parts = Path(name).parts
+    escapes = not parts or Path(name).is_absolute() or ".." in parts
+    if escapes or not (root / inside).resolve().is_relative_to(root.resolve()):
+        raise BundleError(f"{root}: manifest entry {name!r} points outside the bundle; refusing it")
+
+
+def check_manifest(manifest: Any, source: Path) -> None:
+    """Refuse a manifest whose values would break a request instead of the load, naming the field."""
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # ``true == 1`` in Python
+        raise BundleError(f"{source}: format_version {version!r}, this edgeroute reads {FORMAT_VERSION}")
+    missing = [key for key in ("labels", "max_length", "files") if key not in manifest]
+    if missing:
+        raise BundleError(f"{source}: no {', '.join(missing)} in the manifest")
+    labels = manifest["labels"]
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) and x for x in labels):
+        raise BundleError(f"{source}: labels must be a list of at least two non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise BundleError(f"{source}: labels must not repeat")
+    length = manifest["max_length"]
+    if type(length) is not int or not 1 <= length <= MAX_LENGTH:
+        raise BundleError(f"{source}: max_length must be an integer from 1 to {MAX_LENGTH}, not {length!r}")
+    if not isinstance(manifest["files"], dict) or not all(
+        isinstance(h, str) for h in manifest["files"].values()
+    ):
+        raise BundleError(f"{source}: files must map each file to its sha256")
+
+
 def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
     """Read a bundle: its format, that every listed file is there, and every file's sha256.
 
@@ -172,15 +211,9 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc.msg})") from None
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{manifest_path}: format_version {version!r}, this edgeroute reads {FORMAT_VERSION}"
-        )
-    missing = [key for key in ("labels", "max_length", "files") if key not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: no {', '.join(missing)} in the manifest")
+    check_manifest(manifest, manifest_path)
     for name in manifest["files"]:
+        _refuse_escape(path, name, Path(name))
         if not (path / name).is_file():
             raise BundleError(f"{path}: {name} is listed in the manifest but missing")
     bundle = Bundle(path, manifest)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,13 +87,13 @@ class RouterSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.temperature > 0:
-            problems.append(f"temperature must be > 0 (got {self.temperature})")
+        if not 0 < self.temperature < math.inf:  # NaN fails too
+            problems.append(f"temperature must be > 0 and finite (got {self.temperature})")
         for name in ("min_confidence", "max_complexity", "max_unfamiliar_share", "shadow_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be within [0, 1] (got {getattr(self, name)})")
-        if self.costs.edge < 0 or self.costs.cloud < 0:
-            problems.append(f"costs must not be negative (got {self.costs})")
+        if not all(0 <= cost < math.inf for cost in (self.costs.edge, self.costs.cloud)):
+            problems.append(f"costs must be finite and not negative (got {self.costs})")
         if problems:
             raise ValueError("invalid router settings: " + "; ".join(problems))
 

