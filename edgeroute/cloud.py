@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ class HttpCloud:
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with _OPENER.open(request, timeout=self.timeout_s) as response:
                     body = response.read()
                 return predictions(body, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
@@ -98,6 +99,26 @@ class HttpCloud:
                     raise RuntimeError(f"{self.endpoint} unreachable: {exc}") from None
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def origin(url: str) -> tuple[str, str]:
+    """Scheme and host:port of ``url``: where a key may be sent."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed within the cloud's origin only: the API key goes nowhere else."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if origin(newurl) != origin(req.full_url):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"redirect to another origin refused: {newurl}", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
 
 
 def predictions(body: bytes, expected: int, source: str) -> list[Prediction]:

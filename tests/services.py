@@ -161,6 +161,7 @@ class CloudService:
         self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
         self.reply: Callable[[list[str]], tuple[int, bytes]] | None = None
         self.headers: list[dict[str, str]] = []
+        self.extra_headers: dict[str, str] = {}  # sent with every answer, e.g. a Location
         service = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -182,6 +183,8 @@ class CloudService:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
+                for name, value in service.extra_headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(payload)
 

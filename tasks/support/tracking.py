@@ -151,8 +151,13 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def metric_key(name: str) -> str:
-    """A name MLflow accepts: label names such as 'reverted_card_payment?' become part of keys."""
-    return _INVALID_KEY.sub("_", name)
+    """A name MLflow accepts: label names such as 'reverted_card_payment?' become part of keys.
+
+    MLflow treats a key as a path: a segment that is empty or only dots ('a//b', 'x/', '../etc')
+    is refused, so each such segment becomes underscores.
+    """
+    segments = _INVALID_KEY.sub("_", name).split("/")
+    return "/".join(s if s.strip(".") else "_" * max(len(s), 1) for s in segments)
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:

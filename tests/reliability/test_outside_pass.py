@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from edgeroute import audit
 from edgeroute.bundle import (
@@ -22,7 +24,11 @@ from edgeroute.bundle import (
     load_bundle,
     sha256,
 )
-from edgeroute.cloud import CircuitBreaker, LocalCloud
+from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
+from edgeroute.config import CloudConfig
+from flows.training import training_pipeline
+from tasks.support import tracking
+from tasks.support.synthetic import generate
 from tests.services import BIN, CloudService, edge_service, run_cli
 
 SECRET = "a message about order 12345 from jane@example.com"
@@ -242,3 +248,54 @@ def test_item_13_nan_or_infinite_router_values_are_refused_at_load(
         load_bundle(bundle)
     done = run_cli([str(BIN / "edgeroute"), "classify", "--bundle", str(bundle), "hi"], tmp_path)
     assert done.returncode == 2 and message in done.stderr and "nan" not in done.stdout
+
+
+@pytest.mark.parametrize("label", ["../../etc", "a//b", "x/", "./", "ok/fine"])
+def test_item_15_any_label_makes_an_mlflow_metric_key(mlflow_uri, label):
+    with tracking.pipeline_run("labels", "parent") as run_id:
+        tracking.log_metrics(run_id, {f"f1.{label}": 0.5, "accuracy": 0.9})
+    logged = MlflowClient(mlflow_uri).get_run(run_id).data.metrics
+    assert logged[tracking.metric_key(f"f1.{label}")] == 0.5 and logged["accuracy"] == 0.9
+    assert tracking.metric_key("f1.ok/fine") == "f1.ok/fine"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_item_15_labels_shaped_like_paths_train_register_and_serve(tmp_path, mlflow_uri):
+    names = {"positive": "../../etc", "negative": "a//b", "neutral": "x/"}
+    rows = [row | {"label": names[row["label"]]} for row in generate(600, seed=4)]
+    pd.DataFrame(rows).to_csv(tmp_path / "paths.csv", index=False)
+    result = training_pipeline(
+        preset="tiny", overrides=[f"work_dir={tmp_path / 'work'}"], data_path=str(tmp_path / "paths.csv")
+    )
+    bundle = load_bundle(Path(result["bundle"]))
+    assert sorted(bundle.labels) == sorted(names.values())
+    assert {d.label for d in bundle.router().route(["where is my parcel", "thanks a lot"])} <= set(
+        names.values()
+    )
+    benchmark = MlflowClient(mlflow_uri).search_runs(
+        [MlflowClient(mlflow_uri).get_experiment_by_name("edgeroute").experiment_id],
+        "tags.stage = 'benchmark'",
+    )[0]
+    assert benchmark.data.metrics[tracking.metric_key("int8.f1.../../etc")] >= 0
+
+
+def test_item_9_the_cloud_key_never_follows_a_redirect_to_another_origin(tiny_bundle, monkeypatch):
+    elsewhere = CloudService(LocalCloud(load_bundle(tiny_bundle).classifier(CLOUD_MODEL)))
+    redirecting = CloudService(LocalCloud(load_bundle(tiny_bundle).classifier(CLOUD_MODEL)))
+    redirecting.reply = lambda texts: (302, b"")
+    redirecting.extra_headers = {"Location": f"{elsewhere.url}/v1/classify"}
+    monkeypatch.setenv("EDGEROUTE_CLOUD_API_KEY", "cloud-s3cret")
+    try:
+        with pytest.raises(RuntimeError, match="answered 302"):
+            http_cloud(CloudConfig(url=redirecting.url, retries=0)).classify(["where is my parcel"])
+        assert redirecting.headers[0]["x-api-key"] == "cloud-s3cret"
+        assert redirecting.requests == 1 and elsewhere.requests == 0
+        # Within the cloud's own origin a redirect is still followed (urllib's GET, which the
+        # stand-in does not serve: 501).
+        redirecting.extra_headers = {"Location": f"{redirecting.url}/v2/classify"}
+        with pytest.raises(RuntimeError, match="answered 501"):
+            http_cloud(CloudConfig(url=redirecting.url, retries=0)).classify(["where is my parcel"])
+        assert elsewhere.requests == 0
+    finally:
+        elsewhere.stop()
+        redirecting.stop()
