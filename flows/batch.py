@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect_dask import DaskTaskRunner
 
-from tasks.batch import partition_messages, route_partition_task, summarize_routing
+from tasks.batch import discard_partitions, partition_messages, route_partition_task, summarize_routing
 from tasks.registry import fetch_bundle
 
 
@@ -48,5 +48,8 @@ def route_messages(
         Path(data_path), text_column, rows_per_partition, directory / "partitions"
     )
     runner = dask_runner(dask_address, n_workers)
-    routed = route_partitions.with_options(task_runner=runner)(bundle.path, partitions, directory)
+    try:
+        routed = route_partitions.with_options(task_runner=runner)(bundle.path, partitions, directory)
+    finally:  # the partitions hold the texts: they never outlive the run
+        discard_partitions(directory / "partitions")
     return summarize_routing(routed, bundle.router_settings().costs, per_month, directory / "summary.json")

@@ -33,7 +33,7 @@ def recalibrate_router(
         calibration = calibrate_router(config, data, router.edge, router.cloud)
         system_gate(config, calibration)
         bundle = recalibrated_bundle(config, data, source, calibration, model)
-        registered = register_model(config, data, bundle)
+        registered = register_model(config, bundle)
         promotion = promote_model(config, data, registered)
         tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
     return {

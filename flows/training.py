@@ -47,7 +47,7 @@ def training_pipeline(
         calibration = calibrate_router(config, data, edge, cloud)
         system_gate(config, calibration, decision.report)
         bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, student)
-        registered = register_model(config, data, bundle)
+        registered = register_model(config, bundle)
         promotion = promote_model(config, data, registered)
         return summarize_run(
             config, run_name, data=data, adapted=adapted, classifier=teacher, student=student,

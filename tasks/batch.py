@@ -1,13 +1,15 @@
 """Batch routing: a store of messages cut into partitions, each routed where Dask puts it.
 
-Partitions are Parquet files of row numbers and texts; each routed partition is a Parquet file
-of row numbers and decisions, never the text (decisions go to audits and dashboards, raw
-messages stay where they were). The summary is computed from the decision files alone.
+Partitions are Parquet files of row numbers and texts, removed once routed; each routed
+partition is a Parquet file of row numbers and decisions, never the text (decisions go to
+audits and dashboards, raw messages stay where they were). The summary is computed from the
+decision files alone.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +35,11 @@ def write_partitions(source: Path, text_column: str, rows_per_partition: int, di
         paths.append(directory / f"part-{number:05d}.parquet")
         part.to_parquet(paths[-1], index=False)
     return paths
+
+
+def discard_partitions(directory: Path) -> None:
+    """Remove the partitions, and the texts they hold, once they are routed (or the run failed)."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @lru_cache(maxsize=4)

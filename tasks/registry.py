@@ -22,7 +22,7 @@ from prefect import task
 
 from edgeroute.bundle import Bundle, load_bundle
 from tasks.calibrate import evaluate
-from tasks.support import pyfunc_model, tracking
+from tasks.support import pyfunc_model, synthetic, tracking
 from tasks.support.config import PipelineConfig, PromotionConfig
 from tasks.support.dataset import PreparedData
 from tasks.support.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
@@ -182,9 +182,12 @@ def fetch_bundle(reference: str) -> Bundle:
 
 
 @task(name="register")
-def register_model(config: PipelineConfig, data: PreparedData, bundle_path: Path) -> Registered:
-    """Prefect task: the bundle into the registry as the new challenger."""
-    examples = data.frame("test")["text"].head(3).tolist()
+def register_model(config: PipelineConfig, bundle_path: Path) -> Registered:
+    """Prefect task: the bundle into the registry as the new challenger.
+
+    The input example MLflow keeps beside the model is generated, never a message of the data.
+    """
+    examples = [row["text"] for row in synthetic.generate(3, seed=config.seed)]
     return register_bundle(bundle_path, config.tracking.registered_model, examples)
 
 

@@ -31,6 +31,7 @@ def test_partitions_routed_on_dask_match_the_router_in_process(tmp_path, tiny_bu
     routed = pd.concat(pd.read_parquet(p) for p in parts)
     assert routed["row"].tolist() == list(range(250))
     assert "text" not in routed.columns and "message" not in routed.columns
+    assert not (tmp_path / "routed" / "partitions").exists()  # the texts do not outlive the run
 
     expected = load_bundle(tiny_bundle).router().route(frame["text"].tolist())
     assert routed["label"].tolist() == [d.label for d in expected]

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -27,7 +28,9 @@ from edgeroute.bundle import (
 from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
 from edgeroute.config import CloudConfig
 from flows.training import training_pipeline
+from tasks.registry import register_model
 from tasks.support import tracking
+from tasks.support.dataset import SPLITS
 from tasks.support.synthetic import generate
 from tests.services import BIN, CloudService, edge_service, run_cli
 
@@ -299,3 +302,18 @@ def test_item_9_the_cloud_key_never_follows_a_redirect_to_another_origin(tiny_bu
     finally:
         elsewhere.stop()
         redirecting.stop()
+
+
+def test_item_5_the_registered_input_example_holds_no_message_of_the_data(
+    tiny_bundle, tiny_prepared, mlflow_uri, tmp_path
+):
+    config, data = tiny_prepared
+    with tracking.pipeline_run("examples", "parent"):
+        registered = register_model.fn(config, tiny_bundle)
+    model = mlflow.artifacts.download_artifacts(
+        f"models:/{registered.name}/{registered.version}", dst_path=str(tmp_path / "model")
+    )
+    example = json.loads((Path(model) / "input_example.json").read_text())
+    texts = {t for split in SPLITS for t in data.frame(split)["text"]}
+    shown = [row[0] for row in example["data"]] if "data" in example else example["text"]
+    assert len(shown) == 3 and not texts & set(shown)
