@@ -51,6 +51,14 @@ class AuditError(ValueError):
     """An audit trail that cannot be kept as it must be."""
 
 
+class FeedbackConflict(ValueError):
+    """Feedback that contradicts the label already recorded for the request."""
+
+    def __init__(self, request_id: str, recorded: str) -> None:
+        super().__init__(f"request_id: {request_id!r} already has the feedback label {recorded!r}")
+        self.recorded = recorded
+
+
 def audit_key(database: Path) -> bytes:
     """The HMAC key: ``EDGEROUTE_AUDIT_KEY``, else ``<database>.key`` (made on first use, mode 600)."""
     if os.environ.get(KEY_ENV):
@@ -102,12 +110,25 @@ class AuditLog:
         with self._lock:
             self._db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
 
-    def feedback(self, request_id: str, true_label: str) -> None:
+    def feedback(self, request_id: str, true_label: str) -> bool:
+        """Record the true label of a request, once: True when recorded, False when the same label
+        was already there. A different label for the same request raises `FeedbackConflict`."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO feedback (request_id, time, true_label) VALUES (?, ?, ?)",
-                (request_id, time.time(), true_label),
-            )
+            self._db.execute("BEGIN IMMEDIATE")  # one writer between the check and the insert
+            try:
+                row = self._db.execute(
+                    "SELECT true_label FROM feedback WHERE request_id = ? ORDER BY id LIMIT 1", (request_id,)
+                ).fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO feedback (request_id, time, true_label) VALUES (?, ?, ?)",
+                        (request_id, time.time(), true_label),
+                    )
+            finally:
+                self._db.execute("COMMIT")
+        if row is not None and row[0] != true_label:
+            raise FeedbackConflict(request_id, row[0])
+        return row is None
 
     def decision(self, request_id: str) -> dict | None:
         with self._lock:

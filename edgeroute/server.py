@@ -36,7 +36,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeroute.audit import AuditLog
+from edgeroute.audit import AuditLog, FeedbackConflict
 from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
 from edgeroute.cloud import CircuitBreaker, GuardedCloud, LocalCloud, http_cloud
@@ -286,11 +286,14 @@ def create_app(
             raise HTTPException(422, f"label: {body.label!r} is not one of {sorted(labels)}")
         if audit.decision(body.request_id) is None:
             raise HTTPException(404, f"request_id: no decision {body.request_id!r} in the audit trail")
-        audit.feedback(body.request_id, body.label)
+        try:
+            recorded = audit.feedback(body.request_id, body.label)
+        except FeedbackConflict as conflict:
+            raise HTTPException(409, str(conflict)) from None
         correct = monitor.feedback(body.request_id, body.label)
-        if correct is not None:
+        if correct is not None and recorded:
             metrics.feedback.labels(str(correct).lower()).inc()
-        return {"request_id": body.request_id, "correct": correct}
+        return {"request_id": body.request_id, "correct": correct, "recorded": recorded}
 
     @app.get("/v1/health", dependencies=[Depends(authorised)])
     async def health() -> dict:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -317,3 +318,24 @@ def test_item_5_the_registered_input_example_holds_no_message_of_the_data(
     texts = {t for split in SPLITS for t in data.frame(split)["text"]}
     shown = [row[0] for row in example["data"]] if "data" in example else example["text"]
     assert len(shown) == 3 and not texts & set(shown)
+
+
+def test_item_18_feedback_is_one_label_per_request(tiny_bundle, tmp_path):
+    running, trail = edge_service(tiny_bundle, tmp_path)
+    try:
+        answer = classify(running.url, "where is my parcel").json()["results"][0]
+        feedback = {"request_id": answer["request_id"], "label": answer["label"]}
+        replies = [httpx.post(f"{running.url}/v1/feedback", json=feedback) for _ in range(20)]
+        assert [r.status_code for r in replies] == [200] * 20
+        assert [r.json()["recorded"] for r in replies] == [True] + [False] * 19
+        other = next(label for label in ("negative", "neutral", "positive") if label != answer["label"])
+        conflict = httpx.post(f"{running.url}/v1/feedback", json=feedback | {"label": other})
+        assert conflict.status_code == 409 and repr(answer["label"]) in conflict.json()["detail"]
+        with sqlite3.connect(trail.path) as db:
+            rows = db.execute("SELECT true_label FROM feedback WHERE request_id = ?", (answer["request_id"],))
+            assert rows.fetchall() == [(answer["label"],)]
+        metrics = httpx.get(f"{running.url}/metrics").text
+        assert 'edgeroute_feedback_total{correct="true"} 1.0' in metrics
+        assert httpx.get(f"{running.url}/v1/health").json()["metrics"]["accuracy"] == 1.0
+    finally:
+        running.stop()
