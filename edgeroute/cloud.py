@@ -32,6 +32,11 @@ class Prediction:
     confidence: float
 
 
+class CloudRequestError(RuntimeError):
+    """The cloud refused the request (a 4xx other than 408 and 429): the request's fault, not the
+    cloud's, so the circuit breaker does not count it."""
+
+
 class CloudUnavailable(RuntimeError):
     """The cloud was not called at all (the circuit is open)."""
 
@@ -73,17 +78,20 @@ class HttpCloud:
         *,
         timeout_s: float = _CLOUD.timeout_s,
         retries: int = _CLOUD.retries,
+        max_text_chars: int = _CLOUD.max_text_chars,
         backoff_s: float = 0.05,
         api_key: str | None = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/classify"
         self.timeout_s = timeout_s
         self.retries = retries
+        self.max_text_chars = max_text_chars
         self.backoff_s = backoff_s
         self.headers = {"Content-Type": "application/json"} | ({"X-API-Key": api_key} if api_key else {})
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
-        body = json.dumps({"texts": list(texts)}).encode()
+        # Within the cloud's limit: masking lengthens a text (placeholders for digits).
+        body = json.dumps({"texts": [t[: self.max_text_chars] for t in texts]}).encode()
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
@@ -92,7 +100,9 @@ class HttpCloud:
                 return predictions(body, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
                 # The status only: the body of an error may echo the texts it was sent.
-                if exc.code < 500 or attempt == self.retries:
+                if exc.code < 500 and exc.code not in (408, 429):
+                    raise CloudRequestError(f"{self.endpoint} answered {exc.code}") from None
+                if attempt == self.retries:
                     raise RuntimeError(f"{self.endpoint} answered {exc.code}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 if attempt == self.retries:
@@ -196,6 +206,9 @@ class GuardedCloud:
             raise CloudUnavailable(f"circuit open after {self.breaker.failures} failures")
         try:
             answers = self.backend.classify(texts)
+        except CloudRequestError:
+            self.breaker.record(True)  # the cloud answered: the request was at fault
+            raise
         except Exception:
             self.breaker.record(False)
             raise
@@ -211,5 +224,6 @@ def http_cloud(config: CloudConfig) -> HttpCloud:
         config.url,
         timeout_s=config.timeout_s,
         retries=config.retries,
+        max_text_chars=config.max_text_chars,
         api_key=os.environ.get(config.api_key_env) or None,
     )

@@ -138,6 +138,10 @@ class CloudConfig(Frozen):
     bundle's own cloud model in-process. The key is read from the ``api_key_env`` variable."""
 
     url: str | None = Field(None, min_length=1)
+    max_text_chars: int = Field(
+        LimitsConfig.model_fields["max_text_chars"].default, ge=1,
+        description="longest text sent (masked texts are cut to it): the cloud service's own limit",
+    )  # fmt: skip
     timeout_s: float = Field(2.0, gt=0, description="seconds per call")
     retries: int = Field(2, ge=0, description="retries of a failed call")
     api_key_env: str = Field("EDGEROUTE_CLOUD_API_KEY", min_length=1)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeroute.cloud import CloudBackend, CloudUnavailable, Prediction
+from edgeroute.cloud import CloudBackend, CloudRequestError, CloudUnavailable, Prediction
 from edgeroute.model import OnnxClassifier, softmax
 from edgeroute.privacy import mask
 
@@ -272,42 +272,62 @@ class Router:
         cost = costs.edge + costs.cloud if attempted else costs.edge
         for position, i in enumerate(sent):
             decision = replace(decisions[i], cost=cost)
-            if answers is None:
+            answer = answers[position] if answers is not None else None
+            if answer is None:
                 decisions[i] = replace(decision, reason=CLOUD_ERROR if escalate[i] else decision.reason)
             elif escalate[i]:
-                answer = answers[position]
                 decisions[i] = replace(
                     decision, label=answer.label, confidence=answer.confidence, route="cloud",
                     cloud_label=answer.label,
                 )  # fmt: skip
             else:
-                decisions[i] = replace(decision, cloud_label=answers[position].label)
+                decisions[i] = replace(decision, cloud_label=answer.label)
         return decisions
 
-    def _ask_cloud(self, texts: list[str]) -> tuple[list[Prediction] | None, bool]:
-        """The cloud's answers for masked ``texts`` (None on failure), and whether it was called."""
+    def _ask_cloud(self, texts: list[str]) -> tuple[Sequence[Prediction | None] | None, bool]:
+        """The cloud's answers for masked ``texts`` (None on failure; None for each text the
+        cloud refused), and whether it was called."""
         if self.cloud is None:
             return None, False
+        masked = [mask(t) for t in texts]
         try:
-            answers = self.cloud.classify([mask(t) for t in texts])
+            answers = self.cloud.classify(masked)
+        except CloudRequestError as exc:
+            if len(masked) == 1:
+                logger.warning("cloud backend %s refused a query: %s", self.cloud.name, exc)
+                return None, True
+            # One text must not fail the others of its batch: each is asked alone.
+            return [self._ask_alone(text) for text in masked], True
         except CloudUnavailable as exc:
             logger.warning("cloud backend %s unavailable: %s", self.cloud.name, exc)
             return None, False
         except Exception as exc:  # any backend failure falls back to the edge answer
             logger.warning("cloud backend %s failed for %d queries: %s", self.cloud.name, len(texts), exc)
             return None, True
-        if len(answers) != len(texts):
+        return self._checked(answers, len(texts)), True
+
+    def _ask_alone(self, masked: str) -> Prediction | None:
+        try:
+            answers = self._checked(self.cloud.classify([masked]), 1)
+        except Exception as exc:
+            logger.warning("cloud backend %s failed for a query: %s", self.cloud.name, exc)
+            return None
+        return answers[0] if answers else None
+
+    def _checked(self, answers: list[Prediction], expected: int) -> list[Prediction] | None:
+        """``answers``, or None when they are not one per query, each a label of the bundle."""
+        if len(answers) != expected:
             logger.warning(
-                "cloud backend %s answered %d of %d queries", self.cloud.name, len(answers), len(texts)
+                "cloud backend %s answered %d of %d queries", self.cloud.name, len(answers), expected
             )
-            return None, True
+            return None
         unknown = sum(answer.label not in self.labels for answer in answers)
         if unknown:
             logger.warning(
                 "cloud backend %s answered %d labels outside the bundle's", self.cloud.name, unknown
             )
-            return None, True
-        return answers, True
+            return None
+        return answers
 
 
 def summarize(

@@ -339,3 +339,30 @@ def test_item_18_feedback_is_one_label_per_request(tiny_bundle, tmp_path):
         assert httpx.get(f"{running.url}/v1/health").json()["metrics"]["accuracy"] == 1.0
     finally:
         running.stop()
+
+
+def test_item_7_one_refused_text_fails_neither_its_batch_nor_the_circuit(
+    escalating_bundle, tmp_path, stand_in
+):
+    def refuse_the_long_or_poisoned(texts):
+        if any(len(t) > 4000 or "poison" in t for t in texts):
+            return 413, b'{"detail": "too long"}'
+        results = stand_in.cloud.classify(texts)
+        return 200, json.dumps({"results": [r.__dict__ for r in results]}).encode()
+
+    stand_in.reply = refuse_the_long_or_poisoned
+    breaker = CircuitBreaker(failure_threshold=2)
+    running, _ = edge_service(escalating_bundle, tmp_path, stand_in.url, breaker)
+    try:
+        cards = " ".join(["4111 1111 1111 1111"] * 199)  # 3,979 characters; masked, 9,000 and more
+        for _ in range(5):
+            texts = [cards, "poison pill", *(f"where is my parcel number {i}" for i in range(11))]
+            results = httpx.post(f"{running.url}/v1/classify", json={"texts": texts}, timeout=30).json()[
+                "results"
+            ]
+            assert results[0]["route"] == "cloud"  # cut to the cloud's limit once masked
+            assert results[1]["reason"] == "cloud_error" and results[1]["route"] == "edge"
+            assert all(r["route"] == "cloud" for r in results[2:])
+        assert breaker.state == "closed" and breaker.failures == 0
+    finally:
+        running.stop()
