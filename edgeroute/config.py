@@ -118,6 +118,12 @@ class LimitsConfig(Frozen):
     max_batch: int = Field(256, ge=1, description="most texts in one request")
     timeout_s: float = Field(10.0, gt=0, description="seconds to answer a request")
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest body a valid request can have: every text at its longest, each character
+        JSON-escaped (6 bytes), plus room for the keys. Past it the body is not read (413)."""
+        return self.max_batch * (6 * self.max_text_chars + 64) + 1024
+
 
 class BatchingConfig(Frozen):
     """Micro-batching: the texts of concurrent requests routed in one model call.

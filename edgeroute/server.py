@@ -11,6 +11,7 @@ monitor; logs carry request ids and counts, never message text.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -47,6 +48,52 @@ from edgeroute.router import Decision, Router, unicode_problem
 logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def key_matches(given: bytes | None, api_key: str) -> bool:
+    """Constant-time comparison of the header's bytes with the key (non-ASCII keys included)."""
+    return bool(given) and secrets.compare_digest(given, api_key.encode("utf-8"))
+
+
+class Gatekeeper:
+    """ASGI middleware that answers before the app reads a byte of the body: the API key of
+    ``/v1/*`` requests (401), then the declared size and, while it streams in, the actual size
+    of the body (413 past ``max_body_bytes``; the reading stops there)."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        keyed = self.api_key is not None and scope["path"].startswith("/v1/")
+        if keyed and not key_matches(headers.get(b"x-api-key"), self.api_key):
+            await _answer(send, 401, "missing or wrong API key (header X-API-Key)")
+            return
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _answer(send, 413, f"body: {int(declared)} bytes; at most {self.max_body_bytes}")
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:  # raised inside the app: its 413, and no more reading
+                raise HTTPException(413, f"body: more than {self.max_body_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class ClassifyRequest(BaseModel):
@@ -178,10 +225,8 @@ def create_app(
     breaker = breaker_of(router)
 
     def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
-        # Bytes: the header arrives decoded as Latin-1, and compare_digest refuses non-ASCII str.
-        if api_key is not None and not (
-            key and secrets.compare_digest(key.encode("latin-1"), api_key.encode("utf-8"))
-        ):
+        # The header arrives decoded as Latin-1: its bytes again, as the middleware compares them.
+        if api_key is not None and not key_matches(key.encode("latin-1") if key else None, api_key):
             raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
 
     def route(texts: list[str]) -> list[Decision]:
@@ -212,6 +257,7 @@ def create_app(
     # interactive pages, which a browser could not open with the header.
     keyed = {"docs_url": None, "redoc_url": None, "openapi_url": None} if api_key is not None else {}
     app = FastAPI(title="edgeroute", version=model_version, lifespan=lifespan, **keyed)
+    app.add_middleware(Gatekeeper, api_key=api_key, max_body_bytes=config.limits.max_body_bytes)
     if api_key is not None:
 
         @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])

@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from edgeroute.bundle import MANIFEST, ROUTER, derive_bundle, load_bundle
+from edgeroute.config import load_serve_config
 from edgeroute.router import ESCALATION_REASONS, OPTIMAL_EDGE
 from flows.training import training_pipeline
 from tasks.data import DataValidationError
@@ -28,6 +29,9 @@ from tests.services import edge_service
 
 BIN = Path(sys.executable).parent
 DEEP = 100_000  # nesting far past Python's recursion limit
+LIMITS = ("limits.max_text_chars=200", "limits.max_batch=8")  # the service's
+BODY_LIMIT = load_serve_config(None, list(LIMITS)).limits.max_body_bytes
+HTTP_DEEP = 5_000  # past the recursion limit too, in a body the service reads (within its limit)
 
 
 def _rows(per_class: int = 6) -> str:
@@ -276,7 +280,7 @@ SERVICE = {
     "a JSON array, not an object": ("/v1/classify", b'["where is my parcel"]', 422, "valid dictionary"),
     "JSON nested too deeply": (
         "/v1/classify",
-        b'{"texts": ' + b"[" * DEEP + b"]" * DEEP + b"}",
+        b'{"texts": ' + b"[" * HTTP_DEEP + b"]" * HTTP_DEEP + b"}",
         400,
         "body: not readable as JSON (maximum recursion depth exceeded",
     ),
@@ -309,13 +313,19 @@ SERVICE = {
         "/v1/classify",
         json.dumps({"texts": ["where is my parcel"] * 200_000}).encode(),
         413,
-        "texts: 200000 texts in one request; at most 8",
+        f"body: 4400011 bytes; at most {BODY_LIMIT}",  # refused before it is read
     ),
     "a 10 MB text": (
         "/v1/classify",
         json.dumps({"text": "x" * 10_000_000}).encode(),
         413,
-        "text: 10000000 characters; at most 200",
+        f"body: 10000012 bytes; at most {BODY_LIMIT}",
+    ),
+    "a batch of 9 texts": (
+        "/v1/classify",
+        json.dumps({"texts": ["where is my parcel"] * 9}).encode(),
+        413,
+        "texts: 9 texts in one request; at most 8",
     ),
     "zero-width characters past the limit": (
         "/v1/classify",
@@ -345,8 +355,7 @@ def service(tiny_bundle, tmp_path_factory):
         tmp_path_factory.mktemp("service"),
         None,
         None,
-        "limits.max_text_chars=200",
-        "limits.max_batch=8",
+        *LIMITS,
     )
     yield running, audit
     running.stop()

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from edgeroute.bundle import (
     sha256,
 )
 from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
-from edgeroute.config import CloudConfig
+from edgeroute.config import CloudConfig, load_serve_config
 from flows.training import training_pipeline
 from tasks.registry import register_model
 from tasks.support import tracking
@@ -364,5 +365,41 @@ def test_item_7_one_refused_text_fails_neither_its_batch_nor_the_circuit(
             assert results[1]["reason"] == "cloud_error" and results[1]["route"] == "edge"
             assert all(r["route"] == "cloud" for r in results[2:])
         assert breaker.state == "closed" and breaker.failures == 0
+    finally:
+        running.stop()
+
+
+def _raw_request(url: str, head: bytes, body_chunks, read: bool = True) -> bytes:
+    """Send ``head`` then ``body_chunks`` on one socket; the start of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head)
+        try:
+            for chunk in body_chunks:
+                connection.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the service answered and closed: what a limit should do
+        return connection.recv(4096)
+
+
+def test_item_2_the_key_and_the_size_are_checked_before_the_body_is_read(tiny_bundle, tmp_path):
+    running, _ = edge_service(tiny_bundle, tmp_path, None, None, "limits.max_batch=4", api_key="s3cret")
+    limit = load_serve_config(None, ["limits.max_batch=4"]).limits.max_body_bytes
+    try:
+        huge = 200 * 1024 * 1024
+        unkeyed = (
+            "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {huge}\r\n\r\n"
+        )
+        assert _raw_request(running.url, unkeyed.encode(), []).startswith(b"HTTP/1.1 401")
+        keyed = unkeyed.replace("Host: x", "Host: x\r\nX-API-Key: s3cret")
+        answer = _raw_request(running.url, keyed.encode(), [])
+        assert answer.startswith(b"HTTP/1.1 413") and f"at most {limit}".encode() in answer
+        # A body streamed without a length stops being read at the limit.
+        chunked = keyed.replace(f"Content-Length: {huge}", "Transfer-Encoding: chunked")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        answer = _raw_request(running.url, chunked.encode(), [chunk] * (limit // 65536 + 50))
+        assert answer.startswith(b"HTTP/1.1 413")
+        assert classify(running.url, "hi", **{"X-API-Key": "s3cret"}).status_code == 200
     finally:
         running.stop()
