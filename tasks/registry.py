@@ -9,6 +9,7 @@ needs no memory beyond the registry.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from tasks.support.dataset import PreparedData
 from tasks.support.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+HISTORY = "champion_history"
 PREVIOUS_CHAMPION = "previous_champion"
 MODEL_CODE = Path(pyfunc_model.__file__)
 
@@ -113,6 +115,26 @@ def registered_router(uri: str):
     return load_bundle(download_bundle(uri)).router()
 
 
+def champion_history(name: str) -> list[str]:
+    """The versions that were champion, oldest first, ending with the current one: a registered
+    model tag, kept across promotions by hand. An alias moved elsewhere (the MLflow UI) or a
+    registry from before the history was kept is taken in as it is."""
+    model = tracking.client().get_registered_model(name)
+    current = version_by_alias(name, CHAMPION)
+    history = json.loads(model.tags[HISTORY]) if HISTORY in model.tags else []
+    if current is None:
+        return history
+    if not history and current.tags.get(PREVIOUS_CHAMPION):
+        history = [current.tags[PREVIOUS_CHAMPION]]
+    return history if history[-1:] == [str(current.version)] else [*history, str(current.version)]
+
+
+def _move_champion(name: str, version: str, history: list[str]) -> None:
+    client = tracking.client()
+    client.set_registered_model_tag(name, HISTORY, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
 def set_champion(name: str, version: str, reason: str) -> dict[str, Any]:
     """Move the champion alias to ``version``, recording the version it replaces."""
     client = tracking.client()
@@ -120,24 +142,26 @@ def set_champion(name: str, version: str, reason: str) -> dict[str, Any]:
     if current is not None and str(current.version) == str(version):
         return {"champion": version, "previous": current.tags.get(PREVIOUS_CHAMPION), "reason": reason}
     previous = str(current.version) if current is not None else ""
+    history = champion_history(name)
     client.set_model_version_tag(name, version, PREVIOUS_CHAMPION, previous)
     client.set_model_version_tag(name, version, "promotion_reason", reason)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    _move_champion(name, str(version), [*history, str(version)])
     return {"champion": version, "previous": previous or None, "reason": reason}
 
 
 def rollback(name: str) -> dict[str, Any]:
-    """Give the champion alias back to the version the current champion replaced."""
+    """Give the champion alias back to the champion before the current one, walking the history
+    back one step each time (never forth again)."""
     current = version_by_alias(name, CHAMPION)
     if current is None:
         raise ValueError(f"registered model {name!r} has no {CHAMPION} to roll back")
-    previous = current.tags.get(PREVIOUS_CHAMPION)
-    if not previous:
+    history = champion_history(name)
+    if len(history) < 2:
         raise ValueError(
             f"{name} version {current.version} was the first {CHAMPION}; nothing to roll back to"
         )
-    tracking.client().set_registered_model_alias(name, CHAMPION, previous)
-    return {"champion": previous, "rolled_back_from": str(current.version)}
+    _move_champion(name, history[-2], history[:-1])
+    return {"champion": history[-2], "rolled_back_from": str(current.version)}
 
 
 def champion_test_split(champion, fallback: PreparedData) -> tuple[pd.DataFrame, str]:

@@ -30,6 +30,7 @@ from edgeroute.bundle import (
 from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
 from edgeroute.config import CloudConfig, load_serve_config
 from flows.training import training_pipeline
+from tasks import registry
 from tasks.registry import register_model
 from tasks.support import tracking
 from tasks.support.dataset import SPLITS
@@ -403,3 +404,16 @@ def test_item_2_the_key_and_the_size_are_checked_before_the_body_is_read(tiny_bu
         assert classify(running.url, "hi", **{"X-API-Key": "s3cret"}).status_code == 200
     finally:
         running.stop()
+
+
+def test_item_20_rollback_walks_the_champion_history_back(tiny_bundle, mlflow_uri):
+    name = "rollback-history"
+    with tracking.pipeline_run("registry", "parent"):
+        versions = [registry.register_bundle(tiny_bundle, name, ["hi"]).version for _ in range(3)]
+    for version in (versions[0], versions[1], versions[2], versions[0]):  # the last by hand
+        registry.set_champion(name, version, "test")
+    walked = [registry.rollback(name)["champion"] for _ in range(3)]
+    assert walked == [versions[2], versions[1], versions[0]]
+    with pytest.raises(ValueError, match="nothing to roll back to"):
+        registry.rollback(name)
+    assert str(MlflowClient(mlflow_uri).get_model_version_by_alias(name, "champion").version) == versions[0]
