@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from edgeroute.config import to_yaml
-from edgeroute.files import atomic_directory
+from edgeroute.files import atomic_directory, exclusive
 from tasks.support import tracking
 from tasks.support.config import PipelineConfig, build_config
 from tasks.support.dataset import PreparedData
@@ -99,19 +99,22 @@ def run_stage(
     """Train a stage into its keyed checkpoint directory, or reuse the one already there."""
     stage = module.STAGE
     destination = checkpoint_dir(config, stage, key)
-    existing = load_checkpoint(destination)
-    if existing is not None:
-        logger.info("%s: reusing checkpoint %s", stage, destination)
-        return existing
-    with atomic_directory(destination) as staging:
-        # The config that produced the checkpoint is saved beside it (and read by torchrun workers).
-        (staging / CONFIG).write_text(to_yaml(config), encoding="utf-8")
-        if config.compute.nproc_per_node > 1:
-            metrics = _torchrun(module, config, data, init, staging, run_id)
-        else:
-            metrics = fn(config, data, init, staging, run_id)
-        checkpoint = Checkpoint(destination, key, stage, metrics, run_id)
-        (staging / COMPLETE).write_text(json.dumps(checkpoint.to_json(), indent=2), encoding="utf-8")
+    # A second run on the same key (another `edgeroute train` on this work directory) waits
+    # for the first and reuses its checkpoint.
+    with exclusive(destination.with_name(destination.name + ".lock")):
+        existing = load_checkpoint(destination)
+        if existing is not None:
+            logger.info("%s: reusing checkpoint %s", stage, destination)
+            return existing
+        with atomic_directory(destination) as staging:
+            # The config that produced the checkpoint is saved beside it (and read by torchrun workers).
+            (staging / CONFIG).write_text(to_yaml(config), encoding="utf-8")
+            if config.compute.nproc_per_node > 1:
+                metrics = _torchrun(module, config, data, init, staging, run_id)
+            else:
+                metrics = fn(config, data, init, staging, run_id)
+            checkpoint = Checkpoint(destination, key, stage, metrics, run_id)
+            (staging / COMPLETE).write_text(json.dumps(checkpoint.to_json(), indent=2), encoding="utf-8")
     return checkpoint
 
 

@@ -8,7 +8,10 @@ import math
 import shutil
 import socket
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import mlflow
@@ -29,10 +32,11 @@ from edgeroute.bundle import (
 )
 from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
 from edgeroute.config import CloudConfig, load_serve_config
+from edgeroute.files import atomic_directory
 from flows.training import training_pipeline
 from tasks import registry
 from tasks.registry import register_model
-from tasks.support import tracking
+from tasks.support import tracking, trainer
 from tasks.support.dataset import SPLITS
 from tasks.support.synthetic import generate
 from tests.services import BIN, CloudService, edge_service, run_cli
@@ -417,3 +421,36 @@ def test_item_20_rollback_walks_the_champion_history_back(tiny_bundle, mlflow_ur
     with pytest.raises(ValueError, match="nothing to roll back to"):
         registry.rollback(name)
     assert str(MlflowClient(mlflow_uri).get_model_version_by_alias(name, "champion").version) == versions[0]
+
+
+def test_item_14_two_runs_on_one_work_directory_share_a_stage(tmp_path, tiny_prepared):
+    config, data = tiny_prepared
+    config = config.model_copy(update={"work_dir": tmp_path / "work"})
+    trained = []
+
+    def slow_stage(config, data, init, output, run_id):
+        trained.append(init)
+        time.sleep(1.0)
+        (output / "weights.bin").write_bytes(b"w")
+        return {"loss": 1.0}
+
+    stage = SimpleNamespace(STAGE="dapt")
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(trainer.run_stage, stage, slow_stage, config, data, "base", "k" * 64, None)
+            for _ in range(2)
+        ]
+        checkpoints = [run.result() for run in runs]
+    assert len(trained) == 1 and checkpoints[0].path == checkpoints[1].path
+    assert (checkpoints[0].path / "weights.bin").is_file()
+    assert [p.name for p in checkpoints[0].path.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_item_14_a_directory_another_writer_finished_first_stands(tmp_path):
+    destination = tmp_path / "data" / "abc"
+    with atomic_directory(destination) as staging:
+        (staging / "mine.txt").write_text("mine")
+        with atomic_directory(destination) as other:
+            (other / "theirs.txt").write_text("theirs")
+    assert [p.name for p in destination.iterdir()] == ["theirs.txt"]
+    assert [p.name for p in destination.parent.iterdir()] == ["abc"]
