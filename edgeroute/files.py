@@ -32,6 +32,11 @@ def atomic_directory(destination: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def staging_of(destination: Path) -> list[Path]:
+    """The staging directories `atomic_directory` left beside ``destination`` (a killed writer's)."""
+    return sorted(p for p in destination.parent.glob(f".{destination.name}-*") if p.is_dir())
+
+
 @contextmanager
 def exclusive(path: Path) -> Iterator[None]:
     """Hold an advisory lock on ``path`` (created if needed) for the block: one writer at a

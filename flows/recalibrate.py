@@ -12,6 +12,7 @@ from tasks.gate import system_gate
 from tasks.registry import fetch_bundle, promote_model, register_model
 from tasks.support import tracking
 from tasks.support.config import load_config
+from tasks.support.housekeeping import clean_up_killed_runs
 
 
 @flow(name="recalibrate-router")
@@ -25,6 +26,7 @@ def recalibrate_router(
     config = load_config(preset, [*(overrides or []), f"data.path={data_path}"])
     tags = {"preset": preset, "prefect.flow_run_id": str(flow_run.get_id()), "recalibrates": model}
     run_name = f"recalibrate-{flow_run.get_name()}"
+    clean_up_killed_runs(config)
     with tracking.pipeline_run(config.tracking.experiment, run_name, tags) as run_id:
         tracking.log_config(config)
         data = prepare_data(config)

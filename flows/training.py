@@ -21,6 +21,7 @@ from tasks.gate import gate_model, system_gate
 from tasks.registry import promote_model, register_model
 from tasks.support import tracking
 from tasks.support.config import load_config
+from tasks.support.housekeeping import clean_up_killed_runs
 from tasks.support.summary import summarize_run
 
 
@@ -33,6 +34,7 @@ def training_pipeline(
     config = load_config(preset, settings)
     run_name = f"{config.name}-{flow_run.get_name()}"
     tags = {"preset": preset, "prefect.flow_run_id": str(flow_run.get_id())}
+    clean_up_killed_runs(config)
     with tracking.pipeline_run(config.tracking.experiment, run_name, tags):
         tracking.log_config(config)
         data = prepare_data(config)

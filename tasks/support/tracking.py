@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -89,10 +91,43 @@ def _run(experiment: str, name: str, tags: Mapping[str, str]) -> Iterator[str]:
 _PIPELINE_RUN: ContextVar[str | None] = ContextVar("edgeroute_pipeline_run", default=None)
 
 
+OWNER = "edgeroute.process"  # host:pid:start time of the process that runs a pipeline run
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.3f}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process ``owner`` names still runs (another host's: assumed so)."""
+    host, pid, started = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return True
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == started
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def fail_orphaned_runs(experiment: str) -> list[str]:
+    """Mark FAILED the RUNNING pipeline runs of ``experiment`` whose process is gone (a killed
+    run never ends its MLflow run), with their RUNNING stage runs; their ids."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    running = mlflow_client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+    orphans = [r.info.run_id for r in running if OWNER in r.data.tags and not _alive(r.data.tags[OWNER])]
+    for run in running:
+        if run.info.run_id in orphans or run.data.tags.get(MLFLOW_PARENT_RUN_ID) in orphans:
+            mlflow_client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return orphans
+
+
 @contextmanager
 def pipeline_run(experiment: str, name: str, tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """A parent run for one flow run, current inside the block; marked FAILED if the block raises."""
-    all_tags = {"git_commit": git_commit() or "unknown"} | dict(tags or {})
+    all_tags = {"git_commit": git_commit() or "unknown", OWNER: this_process()} | dict(tags or {})
     with _run(experiment_id(experiment), name, all_tags) as run_id, current(run_id):
         yield run_id
 

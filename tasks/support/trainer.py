@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from edgeroute.config import to_yaml
-from edgeroute.files import atomic_directory, exclusive
+from edgeroute.files import atomic_directory, exclusive, staging_of
 from tasks.support import tracking
 from tasks.support.config import PipelineConfig, build_config
 from tasks.support.dataset import PreparedData
@@ -102,6 +102,8 @@ def run_stage(
     # A second run on the same key (another `edgeroute train` on this work directory) waits
     # for the first and reuses its checkpoint.
     with exclusive(destination.with_name(destination.name + ".lock")):
+        for stale in staging_of(destination):  # a killed run's: no live writer holds the lock
+            shutil.rmtree(stale, ignore_errors=True)
         existing = load_checkpoint(destination)
         if existing is not None:
             logger.info("%s: reusing checkpoint %s", stage, destination)

@@ -8,6 +8,9 @@ import math
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +41,7 @@ from tasks import registry
 from tasks.registry import register_model
 from tasks.support import tracking, trainer
 from tasks.support.dataset import SPLITS
+from tasks.support.housekeeping import clean_up
 from tasks.support.synthetic import generate
 from tests.services import BIN, CloudService, edge_service, run_cli
 
@@ -454,3 +458,48 @@ def test_item_14_a_directory_another_writer_finished_first_stands(tmp_path):
             (other / "theirs.txt").write_text("theirs")
     assert [p.name for p in destination.iterdir()] == ["theirs.txt"]
     assert [p.name for p in destination.parent.iterdir()] == ["abc"]
+
+
+KILLED_MID_RUN = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from tasks.support import tracking
+
+    work = Path(sys.argv[1])
+    with tracking.pipeline_run("edgeroute", "killed") as run_id, tracking.stage("compress"):
+        (work / "compress" / run_id).mkdir(parents=True)
+        (work / "bundles" / f".{run_id}-abcd1234").mkdir(parents=True)
+        (work / "checkpoints" / ".dapt-0123456789abcdef-abcd1234").mkdir(parents=True)
+        print(run_id, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_item_19_the_next_run_fails_what_a_killed_run_left_running_and_removes_its_files(
+    tmp_path, tiny_prepared, mlflow_uri
+):
+    work = tmp_path / "work"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_RUN, str(work)], capture_output=True, text=True, timeout=120
+    )
+    assert killed.returncode == -9
+    run_id = killed.stdout.split()[0]
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    with tracking.pipeline_run("edgeroute", "alive") as alive:
+        config = tiny_prepared[0].model_copy(update={"work_dir": work})
+        assert clean_up(config) == [run_id]
+        assert client.get_run(alive).info.status == "RUNNING"  # a live run is left alone
+    assert client.get_run(run_id).info.status == "FAILED"
+    stages = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert [s.info.status for s in stages] == ["FAILED"]
+    assert not (work / "compress" / run_id).exists() and list((work / "bundles").iterdir()) == []
+
+    stage = SimpleNamespace(STAGE="dapt")
+    key = "0123456789abcdef" + "0" * 48
+    trainer.run_stage(stage, lambda *args: {"loss": 1.0}, config, tiny_prepared[1], "base", key, None)
+    assert [p.name for p in (work / "checkpoints").iterdir() if p.name.startswith(".")] == []
