@@ -278,6 +278,7 @@ def serve(
     from edgeroute.audit import AuditError, AuditLog
     from edgeroute.bundle import BundleError, load_bundle
     from edgeroute.cloud import CircuitBreaker
+    from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
     from edgeroute.server import create_app, edge_cloud_router, model_version
 
@@ -309,4 +310,8 @@ def serve(
         model_version=version, api_key=os.environ.get(serving.api_key_env) or None,
     )  # fmt: skip
     typer.echo(f"edgeroute {serving.role} service, model {version}, on http://{serving.host}:{serving.port}")
-    uvicorn.run(app, host=serving.host, port=serving.port, log_level="warning", access_log=False)
+    limits = serving.limits
+    uvicorn.run(
+        app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
+        http=protocol(limits.read_timeout_s), limit_concurrency=limits.max_connections,
+    )  # fmt: skip

@@ -117,6 +117,12 @@ class LimitsConfig(Frozen):
     max_text_chars: int = Field(4000, ge=1, description="longest text accepted")
     max_batch: int = Field(256, ge=1, description="most texts in one request")
     timeout_s: float = Field(10.0, gt=0, description="seconds to answer a request")
+    read_timeout_s: float = Field(
+        15.0, gt=0, description="seconds to receive a whole request, headers and body (408 after)"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="connections and requests at once; more are answered 503"
+    )
 
     @property
     def max_body_bytes(self) -> int:

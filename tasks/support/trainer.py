@@ -101,7 +101,7 @@ def run_stage(
     destination = checkpoint_dir(config, stage, key)
     # A second run on the same key (another `edgeroute train` on this work directory) waits
     # for the first and reuses its checkpoint.
-    with exclusive(destination.with_name(destination.name + ".lock")):
+    with exclusive(config.work_dir.resolve() / "locks" / f"{destination.name}.lock"):
         for stale in staging_of(destination):  # a killed run's: no live writer holds the lock
             shutil.rmtree(stale, ignore_errors=True)
         existing = load_checkpoint(destination)

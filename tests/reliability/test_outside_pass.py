@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import socket
 import sqlite3
@@ -43,7 +44,7 @@ from tasks.support import tracking, trainer
 from tasks.support.dataset import SPLITS
 from tasks.support.housekeeping import clean_up
 from tasks.support.synthetic import generate
-from tests.services import BIN, CloudService, edge_service, run_cli
+from tests.services import BIN, CloudService, Process, edge_service, free_port, run_cli, wait_ready
 
 SECRET = "a message about order 12345 from jane@example.com"
 
@@ -503,3 +504,30 @@ def test_item_19_the_next_run_fails_what_a_killed_run_left_running_and_removes_i
     key = "0123456789abcdef" + "0" * 48
     trainer.run_stage(stage, lambda *args: {"loss": 1.0}, config, tiny_prepared[1], "base", key, None)
     assert [p.name for p in (work / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+def test_item_1_stalled_clients_are_answered_408_and_new_ones_are_served(tiny_bundle, tmp_path):
+    port = free_port()
+    service = Process(
+        [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--port", str(port),
+         "--audit", str(tmp_path / "audit.db"), "--set", "limits.read_timeout_s=1"],
+        os.environ.copy(), tmp_path / "serve.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process=service.popen)
+        stalled = []
+        for i in range(200):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=15)
+            connection.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n" if i % 2 else b"")
+            stalled.append(connection)
+        half_body = b'POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"text":'
+        stalled[0].sendall(half_body)
+        for connection in stalled:  # each answered 408 and closed within the deadline, not held
+            answer = connection.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer[:40]
+            assert connection.recv(4096) == b""
+            connection.close()
+        assert classify(url, "where is my parcel").status_code == 200
+    finally:
+        service.stop()

@@ -125,7 +125,8 @@ def test_a_killed_run_and_an_mlflow_outage_both_resume_from_the_cache(
     assert _finish(killed)[0] == -signal.SIGKILL
     assert not (work / "bundles").exists()
     assert registry.search_model_versions() == []
-    # A killed process leaves its staging directory (hidden, never read as a checkpoint).
+    # A killed process leaves its staging directory (hidden, never read as a checkpoint), and
+    # its MLflow run RUNNING.
     checkpoints = work / "checkpoints"
     staging = set(checkpoints.glob(".*"))
 
@@ -142,8 +143,9 @@ def test_a_killed_run_and_an_mlflow_outage_both_resume_from_the_cache(
     # The command's last word is the reason (above it, Prefect's log of the failed task).
     assert log.splitlines()[-1].startswith(f"error: MLflow tracking at {mlflow_server.url} failed: API")
     assert not (work / "bundles").exists()
-    # No classifier checkpoint, and no new staging directory: a failing stage cleans up after itself.
-    assert not list(checkpoints.glob("classifier-*")) and set(checkpoints.glob(".*")) == staging
+    # No classifier checkpoint and no staging directory: the re-run removed the killed run's
+    # (it held the key's lock), and a failing stage cleans up after itself.
+    assert staging and not list(checkpoints.glob("classifier-*")) and list(checkpoints.glob(".*")) == []
 
     # 3. With the server back, the same command resumes from the cached stages and completes.
     mlflow_server.start()
@@ -158,3 +160,7 @@ def test_a_killed_run_and_an_mlflow_outage_both_resume_from_the_cache(
     (version,) = registry.search_model_versions()
     assert registry.get_model_version_by_alias("edgeroute", "champion").version == version.version
     assert len(list((work / "bundles").iterdir())) == 1
+    # The killed run's and the outage's MLflow runs were left RUNNING; the next runs failed them.
+    experiment = registry.get_experiment_by_name("edgeroute").experiment_id
+    assert registry.search_runs([experiment], "attributes.status = 'RUNNING'") == []
+    assert len(registry.search_runs([experiment], "attributes.status = 'FAILED'")) >= 2
