@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -107,6 +108,30 @@ def run_cli(args: list[str], tmp_path: Path, api_url: str | None = None) -> subp
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+# A runtime-only install (`pip install .[serve]`): the training side's packages are not there.
+RUNTIME_ONLY = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    TRAINING = {"prefect", "mlflow", "torch", "transformers", "pandas", "sklearn", "datasets", "optimum"}
+
+    class NotInstalled(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.partition(".")[0] in TRAINING:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, NotInstalled())
+    from edgeroute.cli import app
+
+    app(sys.argv[1:], prog_name="edgeroute")
+    """
+)
+
+
+def runtime_only(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return run_cli([sys.executable, "-c", RUNTIME_ONLY, *args], tmp_path)
 
 
 class Process:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.services import BIN, run_cli
+from tests.services import BIN, run_cli, runtime_only
 
 
 def test_classify_routes_arguments_and_stdin(tmp_path, tiny_bundle):
@@ -72,30 +69,6 @@ def test_simulate_projects_the_monthly_split_and_cost(tmp_path, tiny_bundle, tin
     assert "tickets.csv: column 'text' not found; columns are: 'message', 'truth'" in wrong.stderr
 
 
-# A runtime-only install (`pip install .[serve]`): the training side's packages are not there.
-RUNTIME_ONLY = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    TRAINING = {"prefect", "mlflow", "torch", "transformers", "pandas", "sklearn", "datasets", "optimum"}
-
-    class NotInstalled(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.partition(".")[0] in TRAINING:
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-    sys.meta_path.insert(0, NotInstalled())
-    from edgeroute.cli import app
-
-    app(sys.argv[1:], prog_name="edgeroute")
-    """
-)
-
-
-def runtime_only(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return run_cli([sys.executable, "-c", RUNTIME_ONLY, *args], tmp_path)
-
-
 def test_the_runtime_serves_and_routes_without_the_training_side(tmp_path, tiny_bundle):
     routed = runtime_only(
         ["classify", "--bundle", str(tiny_bundle), "--json", "where is my parcel?"], tmp_path
@@ -109,17 +82,6 @@ def test_the_runtime_serves_and_routes_without_the_training_side(tmp_path, tiny_
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["queries"] == 2
     assert runtime_only(["serve", "--help"], tmp_path).returncode == 0
-
-
-def test_without_the_training_side_its_commands_name_the_extra(tmp_path):
-    for args in (["train", "--preset", "tiny"], ["promote", "3"], ["config"]):
-        done = runtime_only(args, tmp_path)
-        assert done.returncode == 2, args
-        assert f"{args[0]!r} is not a runtime command: install the 'train' extra" in done.stderr
-        assert "pip install 'edgeroute[train]'" in done.stderr and "unknown preset" not in done.stderr
-    registered = runtime_only(["classify", "--model", "models:/edgeroute@champion", "hi"], tmp_path)
-    assert registered.returncode == 2
-    assert "registered models need the training side: install the 'train' extra" in registered.stderr
 
 
 def test_serve_reads_its_config_file_and_names_a_bad_field(tmp_path, tiny_bundle):

@@ -39,12 +39,23 @@ from edgeroute.config import CloudConfig, load_serve_config
 from edgeroute.files import atomic_directory
 from flows.training import training_pipeline
 from tasks import registry
+from tasks.data import DataValidationError, prepare_dataset
 from tasks.registry import register_model
 from tasks.support import tracking, trainer
+from tasks.support.config import load_config
 from tasks.support.dataset import SPLITS
 from tasks.support.housekeeping import clean_up
 from tasks.support.synthetic import generate
-from tests.services import BIN, CloudService, Process, edge_service, free_port, run_cli, wait_ready
+from tests.services import (
+    BIN,
+    CloudService,
+    Process,
+    edge_service,
+    free_port,
+    run_cli,
+    runtime_only,
+    wait_ready,
+)
 
 SECRET = "a message about order 12345 from jane@example.com"
 
@@ -531,3 +542,22 @@ def test_item_1_stalled_clients_are_answered_408_and_new_ones_are_served(tiny_bu
         assert classify(url, "where is my parcel").status_code == 200
     finally:
         service.stop()
+
+
+def test_item_22_without_the_training_side_its_commands_name_the_extra(tmp_path):
+    for args in (["train", "--preset", "tiny"], ["promote", "3"], ["config"]):
+        done = runtime_only(args, tmp_path)
+        assert done.returncode == 2, args
+        assert f"{args[0]!r} is not a runtime command: install the 'train' extra" in done.stderr
+        assert "pip install 'edgeroute[train]'" in done.stderr and "unknown preset" not in done.stderr
+    registered = runtime_only(["classify", "--model", "models:/edgeroute@champion", "hi"], tmp_path)
+    assert registered.returncode == 2
+    assert "registered models need the training side: install the 'train' extra" in registered.stderr
+
+
+def test_item_16_repeated_column_names_are_refused_naming_them(tmp_path):
+    (tmp_path / "dup.csv").write_text("text,label,label\nwhere is my parcel,negative,positive\n" * 50)
+    config = load_config("tiny", [f"work_dir={tmp_path / 'work'}", f"data.path={tmp_path / 'dup.csv'}"])
+    with pytest.raises(DataValidationError, match=r"dup\.csv: column 'label' appears more than once"):
+        prepare_dataset(config)
+    assert not (tmp_path / "work").exists()
