@@ -31,14 +31,14 @@ class CommandGroup(TyperGroup):
 
     def get_command(self, ctx: typer.Context, name: str):
         command = super().get_command(ctx, name)
-        for group in [] if command else _plugin_groups():
+        if command is not None:  # a runtime command: the plugins are not even imported
+            return command
+        for group in _plugin_groups():
             command = group.get_command(ctx, name)
             if command is not None:
                 return command
         missing = plugins().missing
-        if command is None and missing:
-            return _not_installed(name, "; ".join(m.advice() for m in missing))
-        return command
+        return _not_installed(name, "; ".join(m.advice() for m in missing)) if missing else None
 
 
 def _plugin_groups() -> list[TyperGroup]:

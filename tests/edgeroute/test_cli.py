@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -98,3 +99,14 @@ def test_serve_reads_its_config_file_and_names_a_bad_field(tmp_path, tiny_bundle
         tmp_path,
     )
     assert done.returncode == 2 and "breaker.colour: unknown field" in done.stderr
+
+
+def test_a_runtime_command_imports_nothing_of_the_training_side(tmp_path, tiny_bundle):
+    script = (
+        "import sys\nfrom edgeroute.cli import app\n"
+        f"app(['classify', '--bundle', {str(tiny_bundle)!r}, 'hi'], standalone_mode=False)\n"
+        "print(sorted(m for m in ('prefect', 'mlflow', 'pandas', 'flows', 'tasks') if m in sys.modules))"
+    )
+    done = run_cli([sys.executable, "-c", script], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
