@@ -12,8 +12,7 @@ from prefect import flow
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from edgeroute.model import OnnxClassifier, load_tokenizer
-from tasks.classifier import code_modules, fine_tune
-from tasks.classifier import keras_backend as classifier_tf
+from tasks.classifier import code_modules, fine_tune, keras_backend
 from tasks.compress import compress, quantized_op_count
 from tasks.evaluate import benchmark_all
 from tasks.gate import gate_model
@@ -47,7 +46,7 @@ def keras_run(tmp_path_factory, tiny_prepared, tiny_bert):
             tracking.pipeline_run("exp", "parent") as parent,
             tracking.stage_run(parent, "classifier") as run,
         ):
-            model, metrics = classifier_tf.train(config, data, str(tiny_bert), tmp / "out", run)
+            model, metrics = keras_backend.train(config, data, str(tiny_bert), tmp / "out", run)
     return {
         "model": model,
         "metrics": metrics,
@@ -68,18 +67,18 @@ def keras_compressed(tmp_path_factory, tiny_prepared, keras_run):
 def test_the_backend_setting_picks_the_keras_stage(tmp_path, tiny_prepared, monkeypatch):
     _, data = tiny_prepared
     calls = []
-    monkeypatch.setattr(classifier_tf, "fine_tune", lambda *args: calls.append(args) or {"from": 1.0})
+    monkeypatch.setattr(keras_backend, "fine_tune", lambda *args: calls.append(args) or {"from": 1.0})
     assert fine_tune(_config(tmp_path), data, "init", tmp_path / "out", None) == {"from": 1.0}
     assert len(calls) == 1
     # The Keras module's source is part of the cache key of a Keras-trained classifier only.
-    assert classifier_tf in code_modules(_config(tmp_path))
-    assert classifier_tf not in code_modules(_config(tmp_path, "classifier.backend=torch"))
+    assert keras_backend in code_modules(_config(tmp_path))
+    assert keras_backend not in code_modules(_config(tmp_path, "classifier.backend=torch"))
 
 
 def test_without_tensorflow_in_transformers_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr("transformers.utils.import_utils._tf_available", False)
     with pytest.raises(RuntimeError, match=r"install the 'tensorflow' extra"):
-        classifier_tf.keras_module()
+        keras_backend.keras_module()
 
 
 def test_keras_learns_and_reports_what_the_pytorch_backend_reports(keras_run, tiny_prepared, tiny_classifier):
@@ -147,7 +146,7 @@ def test_onnx_logits_match_the_trained_keras_model(keras_run, keras_compressed, 
 
 def test_same_seed_same_metrics_and_weights(keras_run, tmp_path, tiny_prepared, tiny_bert):
     _, data = tiny_prepared
-    model, metrics = classifier_tf.train(keras_run["config"], data, str(tiny_bert), tmp_path / "again", None)
+    model, metrics = keras_backend.train(keras_run["config"], data, str(tiny_bert), tmp_path / "again", None)
     assert metrics == keras_run["metrics"]
     weights = zip(model.get_weights(), keras_run["model"].get_weights(), strict=True)
     assert all(np.array_equal(a, b) for a, b in weights)
