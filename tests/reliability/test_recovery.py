@@ -116,18 +116,20 @@ def test_a_killed_run_and_an_mlflow_outage_both_resume_from_the_cache(
     registry = MlflowClient(mlflow_server.url)
     work = tmp_path / "work"
 
-    # 1. Killed with SIGKILL once DAPT has finished: no bundle, nothing registered.
+    # 1. Killed with SIGKILL once DAPT has finished and the classifier has begun writing its
+    #    checkpoint: no bundle, nothing registered.
+    checkpoints = work / "checkpoints"
     known = _flow_runs()
     killed = _train(tmp_path, prefect_harness, mlflow_server.url, "killed")
     run = _started(killed, known)
     _wait(lambda: task_states(run).get("domain-adapt") == "Completed", killed, "DAPT finished")
+    _wait(lambda: list(checkpoints.glob(".classifier-*")), killed, "classifier staging directory")
     os.killpg(killed.popen.pid, signal.SIGKILL)
     assert _finish(killed)[0] == -signal.SIGKILL
     assert not (work / "bundles").exists()
     assert registry.search_model_versions() == []
     # A killed process leaves its staging directory (hidden, never read as a checkpoint), and
     # its MLflow run RUNNING.
-    checkpoints = work / "checkpoints"
     staging = set(checkpoints.glob(".*"))
 
     # 2. The re-run takes DAPT from the cache; the MLflow server goes away while the classifier
