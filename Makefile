@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, from this machine's local wheel; the rest from the registry.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev,tensorflow]'
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,signing,presidio,dev,tensorflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

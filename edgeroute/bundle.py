@@ -1,7 +1,9 @@
 """The model bundle: the one directory that is gated, registered, served and rolled back.
 
 ``manifest.json`` lists every file with its sha256; loading checks each one and refuses a
-bundle that does not match, so what is served is exactly what was gated.
+bundle that does not match, so what is served is exactly what was gated. With signing keys
+configured (`edgeroute.signing`), a bundle is signed when it is written, manifest included, and
+its signature is checked at every load.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from edgeroute.cloud import CloudBackend, LocalCloud
 from edgeroute.files import atomic_directory
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from edgeroute.router import Router, RouterSettings
+from edgeroute.signing import SigningError, sign, verify
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,6 +34,14 @@ MAX_LENGTH = 512  # the longest token sequence a bundle may ask for (BERT-style 
 
 class BundleError(ValueError):
     """A bundle that is missing, malformed or altered since it was written."""
+
+
+@contextmanager
+def _signature_checked() -> Iterator[None]:
+    try:
+        yield
+    except SigningError as exc:
+        raise BundleError(str(exc)) from None
 
 
 def sha256(path: Path) -> str:
@@ -51,7 +63,8 @@ def write_bundle(
 ) -> Path:
     """Copy ``files`` (bundle path -> source) into a new bundle with its manifest, atomically.
 
-    An existing bundle is never overwritten: bundles are immutable once written.
+    An existing bundle is never overwritten: bundles are immutable once written. It is signed
+    when a signing key is configured.
     """
     for required in (EDGE_MODEL, TOKENIZER):
         if required not in files:
@@ -79,6 +92,8 @@ def write_bundle(
             "lineage": dict(lineage),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        with _signature_checked():
+            sign(staging)
     return destination
 
 
@@ -203,6 +218,7 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
 
     ``lazy`` defers each file's checksum to its first read (``Bundle.verify``): a service that
     loads only the edge model does not hash the FP32 one, and still serves nothing unverified.
+    With a public key configured the signature is checked first, over every file.
     """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -216,6 +232,8 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
         _refuse_escape(path, name, Path(name))
         if not (path / name).is_file():
             raise BundleError(f"{path}: {name} is listed in the manifest but missing")
+    with _signature_checked():
+        verify(path)
     bundle = Bundle(path, manifest)
     if not lazy:
         bundle.verify(*manifest["files"])

@@ -280,6 +280,7 @@ def serve(
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
+    from edgeroute.privacy import PrivacyError
     from edgeroute.server import create_app, edge_cloud_router, model_version
 
     shortcuts = {"role": role, "host": host, "port": port, "cloud.url": cloud_url, "audit": audit}
@@ -302,7 +303,7 @@ def serve(
         loaded = load_bundle(path, lazy=True)
         router = edge_cloud_router(loaded, serving, breaker)
         audit_log = AuditLog(serving.audit)
-    except (BundleError, AuditError) as exc:
+    except (BundleError, AuditError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
     version = model_version(loaded, registered)
     app = create_app(

