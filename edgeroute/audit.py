@@ -21,19 +21,24 @@ from pathlib import Path
 
 KEY_ENV = "EDGEROUTE_AUDIT_KEY"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
+# confidence is NULL for a cloud answer without one (an LLM that returns no log-probabilities).
+_DECISIONS = """
+CREATE TABLE IF NOT EXISTS {name} (
     request_id TEXT PRIMARY KEY,
     time REAL NOT NULL,
     model_version TEXT NOT NULL,
     route TEXT NOT NULL,
     reason TEXT NOT NULL,
     label TEXT NOT NULL,
-    confidence REAL NOT NULL,
+    confidence REAL,
     complexity REAL NOT NULL,
     cost REAL NOT NULL,
     text_hash TEXT NOT NULL
 );
+"""
+_SCHEMA = (
+    _DECISIONS.format(name="decisions")
+    + """
 CREATE TABLE IF NOT EXISTS feedback (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id TEXT NOT NULL REFERENCES decisions(request_id),
@@ -41,6 +46,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     true_label TEXT NOT NULL
 );
 """
+)
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action} ON {table}
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
@@ -91,9 +97,28 @@ class AuditLog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._allow_no_confidence()
         for table in ("decisions", "feedback"):
             for action in ("UPDATE", "DELETE"):
                 self._db.execute(_APPEND_ONLY.format(table=table, action=action))
+
+    def _allow_no_confidence(self) -> None:
+        """A trail written before confidence could be NULL, rebuilt with the column nullable:
+        SQLite cannot drop a NOT NULL constraint in place. Every row is kept as written."""
+        columns = {row[1]: row[3] for row in self._db.execute("PRAGMA table_info(decisions)")}
+        if not columns["confidence"]:
+            return
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.executescript(
+            "BEGIN;"
+            + "".join(f"DROP TRIGGER IF EXISTS decisions_no_{action};" for action in ("UPDATE", "DELETE"))
+            + _DECISIONS.format(name="decisions_nullable")
+            + "INSERT INTO decisions_nullable SELECT * FROM decisions;"
+            "DROP TABLE decisions;"
+            "ALTER TABLE decisions_nullable RENAME TO decisions;"
+            "COMMIT;"
+        )
+        self._db.execute("PRAGMA foreign_keys=ON")
 
     def text_hash(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()

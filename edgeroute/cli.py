@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from edgeroute.config import CloudConfig, ConfigError, load_serve_config
+from edgeroute.config import ConfigError, ServeConfig, load_serve_config
 from edgeroute.plugins import PluginError, plugins
 from edgeroute.router import CLOUD_ERROR, chunks
 
@@ -81,9 +81,51 @@ ModelOption = Annotated[
 ]
 CloudUrl = Annotated[
     str | None,
-    typer.Option(help="Escalate to this cloud-role edgeroute service instead of the bundle's FP32 model."),
+    typer.Option(
+        help="Escalate to this cloud (cloud.url): an edgeroute service, or an OpenAI-compatible API."
+    ),
+]
+CloudBackendOption = Annotated[
+    str | None, typer.Option(help="local (the bundle's FP32 model), edgeroute or openai (cloud.backend).")
+]
+CloudModelOption = Annotated[
+    str | None, typer.Option(help="The LLM to ask, with --cloud-backend openai (cloud.model).")
+]
+MinConfidenceOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0, max=1, help="Answer on the edge from this confidence up, not the bundle's (min_confidence)."
+    ),
+]
+NoCacheOption = Annotated[
+    bool, typer.Option("--no-cache", help="Ask the cloud again: no cached answers (cloud.cache_dir).")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+ServeConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="A serve config YAML (fields: edgeroute.config.ServeConfig)."),
+]
+
+
+def serve_config(
+    config: Path | None, overrides: list[str] | None, shortcuts: dict[str, object], *, no_cache: bool = False
+) -> ServeConfig:
+    """The serve config of ``config``, then ``--set`` ``overrides``, then the options given
+    (``shortcuts``: field -> value, None when not given); exit 2 naming a bad field."""
+    # As JSON, which YAML reads back unchanged: a host or path is never taken for a number.
+    settings = [
+        *(overrides or []),
+        *(
+            f"{k}={json.dumps(v if isinstance(v, int | float) else str(v))}"
+            for k, v in shortcuts.items()
+            if v is not None
+        ),
+        *(["cloud.cache_dir=null"] if no_cache else []),
+    ]
+    try:
+        return load_serve_config(config, settings)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | None]:
@@ -102,18 +144,21 @@ def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | 
         raise fail(f"--model {model}: {exc}", 2) from None
 
 
-def open_router(bundle: Path | None, model: str | None, cloud_url: str | None):
-    """The router of a bundle given by path or by model URI, escalating to ``cloud_url`` if given."""
+def open_router(bundle: Path | None, model: str | None, serving: ServeConfig):
+    """The edge router of a bundle given by path or by model URI, escalating as ``serving.cloud`` says."""
     from edgeroute.bundle import BundleError, load_bundle
-    from edgeroute.cloud import CircuitBreaker, GuardedCloud, http_cloud
+    from edgeroute.cloud import CircuitBreaker
+    from edgeroute.privacy import PrivacyError
+    from edgeroute.server import edge_cloud_router
 
     bundle, _ = resolve_bundle(bundle, model)
     try:
         loaded = load_bundle(bundle)
-    except BundleError as exc:
+        return edge_cloud_router(
+            loaded, serving, CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
+        )
+    except (BundleError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
-    cloud = GuardedCloud(http_cloud(CloudConfig(url=cloud_url)), CircuitBreaker()) if cloud_url else None
-    return loaded.router(cloud)
 
 
 def _read_lines(source: Path) -> Iterator[str]:
@@ -150,10 +195,17 @@ def classify(
     bundle: BundleOption = None,
     model: ModelOption = None,
     cloud_url: CloudUrl = None,
+    cloud_backend: CloudBackendOption = None,
+    cloud_model: CloudModelOption = None,
+    min_confidence: MinConfidenceOption = None,
+    no_cache: NoCacheOption = False,
+    config: ServeConfigOption = None,
+    overrides: Overrides = None,
     as_json: JsonOption = False,
 ) -> None:
     """Route texts through the edge model, escalating hard ones to the cloud tier."""
-    router = open_router(bundle, model, cloud_url)
+    cloud = _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
+    router = open_router(bundle, model, serve_config(config, overrides, cloud, no_cache=no_cache))
     if file is not None and not (str(file) == "-" or file.is_file()):
         raise fail(f"--file {file}: no such file", 2)
     source = _checked(texts) if texts else _read_lines(file if file is not None else Path("-"))
@@ -164,11 +216,24 @@ def classify(
             if as_json:
                 typer.echo(json.dumps(decision.to_dict() | {"text": text}))
             else:
+                confidence = "-" if decision.confidence is None else f"{decision.confidence:.3f}"
                 typer.echo(
-                    f"{decision.label}\t{decision.confidence:.3f}\t{decision.route}\t{decision.reason}"
+                    f"{decision.label}\t{confidence}\t{decision.route}\t{decision.reason}"
                     f"\t${decision.cost:.4f}\t{text}"
                 )
     _require_a_working_cloud(outcomes)
+
+
+def _cloud_shortcuts(
+    url: str | None, backend: str | None, model: str | None, min_confidence: float | None
+) -> dict[str, object]:
+    """The serve-config fields of the cloud options every runtime command takes."""
+    return {
+        "cloud.url": url,
+        "cloud.backend": backend,
+        "cloud.model": model,
+        "min_confidence": min_confidence,
+    }
 
 
 def _cloud_outcome(decision) -> list[str]:
@@ -199,13 +264,20 @@ def simulate(
     bundle: BundleOption = None,
     model: ModelOption = None,
     cloud_url: CloudUrl = None,
+    cloud_backend: CloudBackendOption = None,
+    cloud_model: CloudModelOption = None,
+    min_confidence: MinConfidenceOption = None,
+    no_cache: NoCacheOption = False,
+    config: ServeConfigOption = None,
+    overrides: Overrides = None,
     as_json: JsonOption = False,
 ) -> None:
     """Route stored messages and project the edge/cloud split and the monthly cost."""
     from edgeroute.router import project, summarize
 
     texts, labels = _read_messages(data, text_column, label_column)
-    router = open_router(bundle, model, cloud_url)
+    cloud = _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
+    router = open_router(bundle, model, serve_config(config, overrides, cloud, no_cache=no_cache))
     decisions = [d for chunk in chunks(texts) for d in router.route(chunk)]
     _require_a_working_cloud(Counter(o for d in decisions for o in _cloud_outcome(d)))
     summary = summarize(decisions, router.settings.costs, labels) | project(
@@ -247,12 +319,6 @@ def _read_messages(
         raise fail(str(exc), 1) from None
 
 
-ServeConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="A serve config YAML (fields: edgeroute.config.ServeConfig)."),
-]
-
-
 @app.command()
 def serve(
     bundle: BundleOption = None,
@@ -265,6 +331,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (port).")] = None,
     cloud_url: CloudUrl = None,
+    cloud_backend: CloudBackendOption = None,
+    cloud_model: CloudModelOption = None,
+    min_confidence: MinConfidenceOption = None,
+    no_cache: NoCacheOption = False,
     audit: Annotated[Path | None, typer.Option(help="The audit trail, SQLite (audit).")] = None,
 ) -> None:
     """Serve the router over HTTP; settings from --config, then --set, then the options here.
@@ -283,20 +353,9 @@ def serve(
     from edgeroute.privacy import PrivacyError
     from edgeroute.server import create_app, edge_cloud_router, model_version
 
-    shortcuts = {"role": role, "host": host, "port": port, "cloud.url": cloud_url, "audit": audit}
-    # As JSON, which YAML reads back unchanged: a host or path is never taken for a number.
-    settings = [
-        *(overrides or []),
-        *(
-            f"{k}={json.dumps(v if isinstance(v, int) else str(v))}"
-            for k, v in shortcuts.items()
-            if v is not None
-        ),
-    ]
-    try:
-        serving = load_serve_config(config, settings)
-    except ConfigError as exc:
-        raise fail(str(exc), 2) from None
+    shortcuts = {"role": role, "host": host, "port": port, "audit": audit}
+    shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
+    serving = serve_config(config, overrides, shortcuts, no_cache=no_cache)
     path, registered = resolve_bundle(bundle, model)
     breaker = CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
     try:  # each file's checksum when it is first read: only what this service loads

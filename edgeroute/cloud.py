@@ -1,35 +1,52 @@
 """Cloud backends behind one interface, and the circuit breaker that guards them.
 
 ``local``: the bundle's FP32 ONNX model in this process (the embedded default).
-``http``: another edgeroute service (``edgeroute serve --role cloud``) reached over HTTP, with
-a timeout and bounded retries. Either is wrapped in a `CircuitBreaker`: after repeated
-failures the router stops calling the cloud for a while (answering on the edge, reason
-``cloud_error``), then lets one probe through and closes again when it succeeds.
+``edgeroute``: another edgeroute service (``edgeroute serve --role cloud``) reached over HTTP,
+with a timeout and bounded retries.
+``openai``: any OpenAI-compatible chat-completions API (a hosted LLM, vLLM, TGI): one completion
+per text, its answer kept to the labels, its confidence from log-probabilities, its cost from
+its token usage, its answers optionally kept on disk (`AnswerCache`).
+Each is wrapped in a `CircuitBreaker`: after repeated failures the router stops calling the
+cloud for a while (answering on the edge, reason ``cloud_error``), then lets one probe through
+and closes again when it succeeds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
+import random
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 from edgeroute.config import BreakerConfig, CloudConfig
 from edgeroute.model import OnnxClassifier
+
+logger = logging.getLogger(__name__)
 
 _CLOUD, _BREAKER = CloudConfig(), BreakerConfig()
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """A cloud answer: its label, its confidence (None: the backend gives none, and the answer
+    is final), and what it cost when the backend prices it (None: the router's cloud cost)."""
+
     label: str
-    confidence: float
+    confidence: float | None
+    cost: float | None = None
 
 
 class CloudRequestError(RuntimeError):
@@ -42,11 +59,12 @@ class CloudUnavailable(RuntimeError):
 
 
 class CloudBackend(Protocol):
-    """The cloud tier: classifies (already masked) texts, in order, or raises."""
+    """The cloud tier: classifies (already masked) texts, in order, or raises. An answer may be
+    None: that text failed alone (a refusal, a label outside the set), the others did not."""
 
     name: str
 
-    def classify(self, texts: Sequence[str]) -> list[Prediction]: ...
+    def classify(self, texts: Sequence[str]) -> list[Prediction | None]: ...
 
 
 class LocalCloud:
@@ -64,27 +82,28 @@ class LocalCloud:
 
 
 class HttpCloud:
-    """A cloud-role edgeroute service: ``POST {url}/v1/classify`` with ``{"texts": [...]}``.
+    """The ``edgeroute`` backend, a cloud-role edgeroute service: ``POST {url}/v1/classify`` with
+    ``{"texts": [...]}``.
 
-    Connection errors, timeouts and 5xx answers are retried ``retries`` times with a doubling
+    Connection errors, timeouts and 5xx answers are retried ``max_retries`` times with a doubling
     back-off; a 4xx answer is the caller's fault and is not retried.
     """
 
-    name = "http"
+    name = "edgeroute"
 
     def __init__(
         self,
         url: str,
         *,
         timeout_s: float = _CLOUD.timeout_s,
-        retries: int = _CLOUD.retries,
+        max_retries: int = _CLOUD.max_retries,
         max_text_chars: int = _CLOUD.max_text_chars,
         backoff_s: float = 0.05,
         api_key: str | None = None,
     ) -> None:
         self.endpoint = url.rstrip("/") + "/v1/classify"
         self.timeout_s = timeout_s
-        self.retries = retries
+        self.max_retries = max_retries
         self.max_text_chars = max_text_chars
         self.backoff_s = backoff_s
         self.headers = {"Content-Type": "application/json"} | ({"X-API-Key": api_key} if api_key else {})
@@ -92,7 +111,7 @@ class HttpCloud:
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         # Within the cloud's limit: masking lengthens a text (placeholders for digits).
         body = json.dumps({"texts": [t[: self.max_text_chars] for t in texts]}).encode()
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
                 with _OPENER.open(request, timeout=self.timeout_s) as response:
@@ -102,10 +121,10 @@ class HttpCloud:
                 # The status only: the body of an error may echo the texts it was sent.
                 if exc.code < 500 and exc.code not in (408, 429):
                     raise CloudRequestError(f"{self.endpoint} answered {exc.code}") from None
-                if attempt == self.retries:
+                if attempt == self.max_retries:
                     raise RuntimeError(f"{self.endpoint} answered {exc.code}") from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == self.retries:
+                if attempt == self.max_retries:
                     raise RuntimeError(f"{self.endpoint} unreachable: {exc}") from None
             time.sleep(self.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
@@ -216,14 +235,256 @@ class GuardedCloud:
         return answers
 
 
-def http_cloud(config: CloudConfig) -> HttpCloud:
-    """The cloud-role service at ``config.url``, with the key of the ``config.api_key_env`` variable."""
-    if config.url is None:
-        raise ValueError("no cloud URL configured (cloud.url)")
+def remote_cloud(config: CloudConfig, labels: Sequence[str]) -> HttpCloud | OpenAICloud:
+    """The ``edgeroute`` or ``openai`` backend of ``config``, with the key of its ``api_key_env``."""
+    if config.url is None or config.backend == "local":
+        raise ValueError("no remote cloud configured (cloud.backend and cloud.url)")
+    api_key = os.environ.get(config.api_key_env) or None
+    if config.backend == "openai":
+        cache = AnswerCache(config.cache_dir) if config.cache_dir is not None else None
+        return OpenAICloud(config, labels, api_key=api_key, cache=cache)
     return HttpCloud(
         config.url,
         timeout_s=config.timeout_s,
-        retries=config.retries,
+        max_retries=config.max_retries,
         max_text_chars=config.max_text_chars,
-        api_key=os.environ.get(config.api_key_env) or None,
+        api_key=api_key,
     )
+
+
+class AnswerCache:
+    """Cloud answers on disk, one JSON file each, keyed by everything that decides the answer
+    (URL, model, prompt, constraint and the masked text): a re-run never pays twice."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(*parts: object) -> str:
+        return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Prediction | None:
+        try:
+            answer = Prediction(**json.loads(self._path(key).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):  # absent, or a torn or foreign file: ask again
+            self.misses += 1
+            return None
+        self.hits += 1
+        return answer
+
+    def put(self, key: str, answer: Prediction) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+            json.dump(asdict(answer), handle)
+        os.replace(handle.name, path)
+
+
+class _Transient(RuntimeError):
+    """A failure worth retrying (no connection, a timeout, 408, 429, 5xx), with the wait the
+    server asked for, if any (``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class _BadAnswer(RuntimeError):
+    """An answer that is not one of the labels: malformed, a refusal, or outside the set."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:  # an HTTP date: not worth parsing, back off as usual
+        return None
+
+
+class OpenAICloud:
+    """The ``openai`` backend: an OpenAI-compatible ``POST {url}/chat/completions``, one per text,
+    up to ``max_concurrency`` at once over one pooled connection set.
+
+    The answer is kept to the labels (``response_format`` with a JSON schema whose ``label`` is
+    an enum, or vLLM's ``guided_choice``); its confidence is the probability of the answer's
+    tokens when the server returns log-probabilities (under constrained decoding the tokens
+    around the label are forced, so this is the label's probability), else None. Transient
+    failures are retried with jittered exponential back-off, or after the ``Retry-After`` a 429
+    asks for, within ``deadline_s`` a text. A text whose answer is malformed, a refusal or
+    outside the labels fails alone (None); the call raises only when every text failed on the
+    server's side, which the circuit breaker counts.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        config: CloudConfig,
+        labels: Sequence[str],
+        *,
+        api_key: str | None = None,
+        cache: AnswerCache | None = None,
+        backoff_s: float = 0.2,
+    ) -> None:
+        import httpx
+
+        self.config, self.labels, self.cache, self.backoff_s = config, list(labels), cache, backoff_s
+        self.endpoint = config.url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(
+            headers=headers,
+            timeout=config.timeout_s,
+            follow_redirects=False,  # the key goes to this origin only
+            limits=httpx.Limits(max_connections=config.max_concurrency),
+        )
+        self.pool = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="openai-cloud")
+        self._schema = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "classification",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"label": {"type": "string", "enum": self.labels}},
+                    "required": ["label"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+
+    def request_body(self, text: str) -> dict[str, Any]:
+        """The chat completion asked for one (masked) text."""
+        prompt = self.config.prompt.replace("{labels}", ", ".join(self.labels))
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [
+                {"role": "user", "content": prompt.replace("{text}", text[: self.config.max_text_chars])}
+            ],
+            "temperature": 0,
+            "max_tokens": 64,
+        }
+        if self.config.logprobs:
+            body["logprobs"] = True
+        if self.config.constraint == "guided_choice":
+            body["guided_choice"] = self.labels
+        else:
+            body["response_format"] = self._schema
+        return body
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction | None]:
+        outcomes = list(self.pool.map(self._answer, texts))
+        if outcomes and all(isinstance(o, _Transient) for o in outcomes):
+            raise RuntimeError(f"{self.endpoint}: {outcomes[0]}") from None
+        return [o if isinstance(o, Prediction) else None for o in outcomes]
+
+    def _answer(self, text: str) -> Prediction | Exception:
+        config = self.config
+        key = AnswerCache.key(
+            self.endpoint, config.model, config.prompt, config.constraint, self.labels, text
+        )
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        try:
+            answer = self._ask(self.request_body(text))
+        except (_Transient, _BadAnswer) as exc:
+            logger.warning("cloud backend openai: %s", exc)
+            return exc
+        if self.cache is not None:
+            self.cache.put(key, answer)
+        return answer
+
+    def _ask(self, body: dict[str, Any]) -> Prediction:
+        from tenacity import RetryCallState, Retrying, stop_after_attempt, stop_after_delay
+
+        def retry(state: RetryCallState) -> bool:
+            error = state.outcome.exception()
+            if not isinstance(error, _Transient):
+                return False
+            wait = error.retry_after_s or 0.0
+            return state.seconds_since_start + wait < self.config.deadline_s
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception()
+            if error.retry_after_s is not None:
+                return error.retry_after_s
+            ceiling = self.backoff_s * 2 ** (state.attempt_number - 1)
+            return ceiling * random.uniform(0.5, 1.0)
+
+        retrying = Retrying(
+            retry=retry,
+            wait=wait,
+            stop=stop_after_attempt(self.config.max_retries + 1) | stop_after_delay(self.config.deadline_s),
+            reraise=True,
+        )
+        return retrying(self._call, body)
+
+    def _call(self, body: dict[str, Any]) -> Prediction:
+        import httpx
+
+        try:
+            response = self.client.post(self.endpoint, json=body)
+        except httpx.TimeoutException:
+            raise _Transient(f"{self.endpoint} did not answer within {self.config.timeout_s} s") from None
+        except httpx.TransportError as exc:
+            raise _Transient(f"{self.endpoint} unreachable: {type(exc).__name__}") from None
+        status = response.status_code
+        # The status only: an error's body may echo the text it was sent.
+        if status in (408, 429) or status >= 500:
+            raise _Transient(
+                f"{self.endpoint} answered {status}", _retry_after(response.headers.get("Retry-After"))
+            )
+        if status != 200:
+            raise _BadAnswer(f"{self.endpoint} answered {status}")
+        return self._parse(response.content)
+
+    def _parse(self, content: bytes) -> Prediction:
+        try:
+            data = json.loads(content)
+            choice = data["choices"][0]
+            message = choice["message"]
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            raise _BadAnswer(f"{self.endpoint} answered a body that is not a chat completion") from None
+        if message.get("refusal") or choice.get("finish_reason") == "content_filter":
+            raise _BadAnswer(f"{self.endpoint} refused to answer")
+        label = self._label(message.get("content"))
+        return Prediction(label, _confidence(choice.get("logprobs")), self._cost(data.get("usage")))
+
+    def _label(self, content: Any) -> str:
+        if not isinstance(content, str):
+            raise _BadAnswer(f"{self.endpoint} answered no content")
+        if self.config.constraint == "guided_choice":
+            label = content.strip()
+        else:
+            try:
+                label = json.loads(content)["label"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                raise _BadAnswer(f"{self.endpoint} answered content that is not the JSON asked for") from None
+        if label not in self.labels:
+            raise _BadAnswer(f"{self.endpoint} answered a label outside the bundle's")
+        return label
+
+    def _cost(self, usage: Any) -> float | None:
+        config = self.config
+        if not config.priced or not isinstance(usage, dict):
+            return None
+        try:
+            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return (
+            prompt * config.price_per_1k_input_tokens + completion * config.price_per_1k_output_tokens
+        ) / 1000
+
+
+def _confidence(logprobs: Any) -> float | None:
+    """The probability of the answer's tokens, from ``choices[0].logprobs.content``, or None."""
+    try:
+        values = [float(token["logprob"]) for token in logprobs["content"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not values or not all(math.isfinite(v) and v <= 0 for v in values):
+        return None
+    return math.exp(sum(values))

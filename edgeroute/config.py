@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -145,18 +145,68 @@ class BatchingConfig(Frozen):
     threads: int = Field(1, ge=1)
 
 
-class CloudConfig(Frozen):
-    """Where an edge service escalates: a cloud-role edgeroute service at ``url``, else the
-    bundle's own cloud model in-process. The key is read from the ``api_key_env`` variable."""
+DEFAULT_PROMPT = (
+    "Classify this customer-support message. Answer with exactly one of these labels: {labels}.\n\n"
+    "Message: {text}"
+)
 
+
+class CloudConfig(Frozen):
+    """Where an edge service escalates, and how (`edgeroute.cloud`).
+
+    ``backend``: ``local`` (the bundle's own FP32 model, in-process), ``edgeroute`` (a cloud-role
+    edgeroute service at ``url``) or ``openai`` (an OpenAI-compatible chat-completions API at
+    ``url``, such as ``https://api.openai.com/v1`` or a vLLM server's ``http://host:8000/v1``,
+    asked for ``model``). A ``url`` without a backend is an edgeroute service. The key is read
+    from the ``api_key_env`` variable, never written anywhere.
+    """
+
+    backend: Literal["local", "edgeroute", "openai"] = "local"
     url: str | None = Field(None, min_length=1)
+    model: str | None = Field(None, min_length=1, description="the LLM to ask (openai)")
+    api_key_env: str = Field("EDGEROUTE_CLOUD_API_KEY", min_length=1)
+    prompt: str = Field(
+        DEFAULT_PROMPT, description="the user message (openai): {labels} and {text} are filled in"
+    )
+    constraint: Literal["json_schema", "guided_choice"] = Field(
+        "json_schema",
+        description="how the answer is kept to the labels (openai): response_format with a JSON "
+        "schema (OpenAI's form) or guided_choice (vLLM's)",
+    )
+    logprobs: bool = Field(True, description="ask for token log-probabilities: the answer's confidence")
     max_text_chars: int = Field(
         LimitsConfig.model_fields["max_text_chars"].default, ge=1,
         description="longest text sent (masked texts are cut to it): the cloud service's own limit",
     )  # fmt: skip
     timeout_s: float = Field(2.0, gt=0, description="seconds per call")
-    retries: int = Field(2, ge=0, description="retries of a failed call")
-    api_key_env: str = Field("EDGEROUTE_CLOUD_API_KEY", min_length=1)
+    max_retries: int = Field(2, ge=0, description="retries of a failed call")
+    deadline_s: float = Field(30.0, gt=0, description="seconds for one text, retries and waits included")
+    max_concurrency: int = Field(8, ge=1, description="calls at once (openai: one per text)")
+    price_per_1k_input_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_per_1k_output_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cache_dir: Path | None = Field(None, description="answers kept on disk by URL, model, prompt and text")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_means_edgeroute(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("url") and "backend" not in values:
+            return values | {"backend": "edgeroute"}
+        return values
+
+    @model_validator(mode="after")
+    def _complete(self) -> CloudConfig:
+        if self.backend != "local" and self.url is None:
+            raise ValueError(f"cloud.backend {self.backend} needs cloud.url")
+        if self.backend == "openai" and self.model is None:
+            raise ValueError("cloud.backend openai needs cloud.model (the LLM's name)")
+        if "{text}" not in self.prompt or "{labels}" not in self.prompt:
+            raise ValueError("cloud.prompt must contain {labels} and {text}")
+        return self
+
+    @property
+    def priced(self) -> bool:
+        """Whether a call's cost comes from its token usage (else the router's cloud cost)."""
+        return self.price_per_1k_input_tokens is not None and self.price_per_1k_output_tokens is not None
 
 
 class PrivacyConfig(Frozen):
@@ -210,6 +260,9 @@ class ServeConfig(Frozen):
     port: int = Field(8000, ge=0, le=65535)
     audit: Path = Field(Path("work/audit/audit.db"), description="the audit trail (SQLite)")
     api_key_env: str = Field("EDGEROUTE_API_KEY", min_length=1)
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, description="answer on the edge from this confidence up (None: the bundle's)"
+    )
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     cloud: CloudConfig = CloudConfig()

@@ -209,7 +209,7 @@ class Decision:
     """What the router answered for one query, why, and what it cost."""
 
     label: str
-    confidence: float
+    confidence: float | None  # None: the cloud's answer, from a backend that gives no confidence
     route: str  # "edge" or "cloud"
     reason: str
     cost: float
@@ -269,10 +269,11 @@ class Router:
         if not len(sent):
             return decisions
         answers, attempted = self._ask_cloud([texts[i] for i in sent])
-        cost = costs.edge + costs.cloud if attempted else costs.edge
         for position, i in enumerate(sent):
-            decision = replace(decisions[i], cost=cost)
             answer = answers[position] if answers is not None else None
+            # What the backend says the call cost (its tokens), else the router's cloud cost.
+            cloud_cost = answer.cost if answer is not None and answer.cost is not None else costs.cloud
+            decision = replace(decisions[i], cost=costs.edge + (cloud_cost if attempted else 0.0))
             if answer is None:
                 decisions[i] = replace(decision, reason=CLOUD_ERROR if escalate[i] else decision.reason)
             elif escalate[i]:
@@ -314,20 +315,20 @@ class Router:
             return None
         return answers[0] if answers else None
 
-    def _checked(self, answers: list[Prediction], expected: int) -> list[Prediction] | None:
-        """``answers``, or None when they are not one per query, each a label of the bundle."""
+    def _checked(self, answers: list[Prediction | None], expected: int) -> list[Prediction | None] | None:
+        """``answers``, None for each that is not a label of the bundle; None when they are not
+        one per query."""
         if len(answers) != expected:
             logger.warning(
                 "cloud backend %s answered %d of %d queries", self.cloud.name, len(answers), expected
             )
             return None
-        unknown = sum(answer.label not in self.labels for answer in answers)
+        unknown = sum(answer is not None and answer.label not in self.labels for answer in answers)
         if unknown:
             logger.warning(
                 "cloud backend %s answered %d labels outside the bundle's", self.cloud.name, unknown
             )
-            return None
-        return answers
+        return [answer if answer is not None and answer.label in self.labels else None for answer in answers]
 
 
 def summarize(

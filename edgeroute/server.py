@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -41,7 +42,7 @@ from edgeroute import privacy
 from edgeroute.audit import AuditLog, FeedbackConflict
 from edgeroute.batching import MicroBatcher
 from edgeroute.bundle import CLOUD_MODEL, Bundle
-from edgeroute.cloud import CircuitBreaker, GuardedCloud, LocalCloud, http_cloud
+from edgeroute.cloud import CircuitBreaker, GuardedCloud, LocalCloud, remote_cloud
 from edgeroute.config import ServeConfig
 from edgeroute.monitor import Monitor
 from edgeroute.router import Decision, Router, unicode_problem
@@ -117,7 +118,7 @@ class ClassifyRequest(BaseModel):
 class Result(BaseModel):
     request_id: str
     label: str
-    confidence: float
+    confidence: float | None
     route: str
     reason: str
     cost: float
@@ -377,16 +378,21 @@ def model_version(bundle: Bundle, registered: str | None = None) -> str:
 
 
 def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreaker) -> Router:
-    """The bundle's router for ``config.role``: escalations to ``config.cloud.url`` when given,
-    else in-process. An edge service with a cloud URL never loads the bundle's FP32 model. An
-    edge masks with ``config.privacy`` from then on (`PrivacyError` when its engine cannot run)."""
+    """The bundle's router for ``config.role``: escalations to ``config.cloud``'s backend (the
+    bundle's FP32 model in-process by default); an edge service with a remote cloud never loads
+    that model. An edge masks with ``config.privacy`` from then on (`PrivacyError` when its
+    engine cannot run)."""
     threads = config.batching.threads
     if config.role == "cloud":
         return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
     privacy.configure(config.privacy)
-    cloud = (
-        http_cloud(config.cloud)
-        if config.cloud.url
-        else LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
-    )
-    return bundle.router(GuardedCloud(cloud, breaker), threads=threads)
+    if config.cloud.backend != "local":
+        cloud = remote_cloud(config.cloud, bundle.labels)
+    elif bundle.has(CLOUD_MODEL):
+        cloud = LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
+    else:
+        cloud = None
+    router = bundle.router(GuardedCloud(cloud, breaker) if cloud else None, threads=threads)
+    if config.min_confidence is not None:
+        router.settings = replace(router.settings, min_confidence=config.min_confidence)
+    return router

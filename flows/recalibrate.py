@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.bundle import recalibrated_bundle
-from tasks.calibrate import calibrate_router
+from tasks.calibrate import calibrate_router, cloud_tier
 from tasks.data import prepare_data
 from tasks.gate import system_gate
 from tasks.registry import fetch_bundle, promote_model, register_model
@@ -32,7 +32,9 @@ def recalibrate_router(
         data = prepare_data(config)
         source = fetch_bundle(model)
         router = source.router()
-        calibration = calibrate_router(config, data, router.edge, router.cloud)
+        calibration = calibrate_router(
+            config, data, router.edge, cloud_tier(config, router.cloud, data.labels)
+        )
         system_gate(config, calibration)
         bundle = recalibrated_bundle(config, data, source, calibration, model)
         registered = register_model(config, bundle)

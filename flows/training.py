@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from tasks.bundle import bundle_model
-from tasks.calibrate import calibrate_router, edge_and_cloud
+from tasks.calibrate import calibrate_router, cloud_tier, edge_and_cloud
 from tasks.classifier import train_classifier
 from tasks.compress import compress_model
 from tasks.dapt import domain_adapt
@@ -46,7 +46,7 @@ def training_pipeline(
         benchmarks = benchmark_models(config, data, compressed)
         decision = gate_model(config, data, compressed, benchmarks)
         edge, cloud = edge_and_cloud(decision.edge, compressed.cloud, data.labels, config.model.max_length)
-        calibration = calibrate_router(config, data, edge, cloud)
+        calibration = calibrate_router(config, data, edge, cloud_tier(config, cloud, data.labels))
         system_gate(config, calibration, decision.report)
         bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, student)
         registered = register_model(config, bundle)

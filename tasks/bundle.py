@@ -73,6 +73,12 @@ def bundle_model(
         "quantization_recipe": decision.recipe.name,
         "edge_model": "student" if student is not None else "teacher_int8",
     }
+    if config.cloud.backend != "local":  # what the router was calibrated against; never the key
+        lineage |= {
+            f"cloud_{field}": value
+            for field, value in config.cloud.model_dump(mode="json").items()
+            if field in ("backend", "url", "model", "constraint", "prompt") or field.startswith("price_")
+        }
     if student is not None:
         record = json.loads((student.path / STUDENT).read_text(encoding="utf-8"))
         lineage |= {

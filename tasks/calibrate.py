@@ -29,7 +29,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from edgeroute.cloud import CloudBackend, LocalCloud
+from edgeroute.cloud import CloudBackend, LocalCloud, remote_cloud
 from edgeroute.model import OnnxClassifier, load_tokenizer, softmax
 from edgeroute.privacy import mask
 from edgeroute.router import (
@@ -210,7 +210,8 @@ class Calibration:
 def cloud_correct(cloud: CloudBackend, texts: list[str], labels: list[str]) -> np.ndarray:
     """Whether the cloud model is right on each text, seeing it masked as it would in production."""
     answers = cloud.classify([mask(t) for t in texts])
-    return np.array([a.label == y for a, y in zip(answers, labels, strict=True)])
+    # A text the cloud failed on (an LLM's refusal) counts as the cloud being wrong.
+    return np.array([a is not None and a.label == y for a, y in zip(answers, labels, strict=True)])
 
 
 def calibrate(
@@ -284,6 +285,18 @@ def edge_and_cloud(
         OnnxClassifier(edge.model, load_tokenizer(edge.tokenizer, max_length), labels),
         LocalCloud(OnnxClassifier(cloud.model, load_tokenizer(cloud.tokenizer, max_length), labels)),
     )
+
+
+def cloud_tier(config: PipelineConfig, local: CloudBackend, labels: list[str]) -> CloudBackend:
+    """The cloud the router is calibrated against: the bundle's FP32 model (``local``), or the
+    ``cloud`` section's remote backend, as in production; an LLM's answers are kept in
+    ``work_dir/cloud-cache`` unless ``cloud.cache_dir`` says where, so a re-run pays nothing."""
+    if config.cloud.backend == "local":
+        return local
+    cloud = config.cloud
+    if cloud.cache_dir is None:
+        cloud = cloud.model_copy(update={"cache_dir": config.work_dir.resolve() / "cloud-cache"})
+    return remote_cloud(cloud, labels)
 
 
 @task(name="calibrate-router", cache_policy=NO_CACHE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -95,8 +96,8 @@ def edge_service(
     api_key: str | None = None,
 ):
     """An edge service on ``bundle_path``; ``settings`` are ``--set`` overrides of the serve config."""
-    config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.retries=0", *settings])
-    config = config.model_copy(update={"cloud": config.cloud.model_copy(update={"url": cloud_url})})
+    url = [f"cloud.url={json.dumps(cloud_url)}"] if cloud_url else []
+    config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *url, *settings])
     bundle = load_bundle(bundle_path)
     router = edge_cloud_router(bundle, config, breaker or CircuitBreaker())
     audit = AuditLog(tmp_path / "audit.db")
@@ -223,6 +224,105 @@ class CloudService:
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def keyword_label(text: str) -> str:
+    """The stand-in LLM's judgement: a few words decide, as a model's would."""
+    lowered = text.lower()
+    if any(w in lowered for w in ("refund", "angry", "unacceptable", "broken", "worst")):
+        return "negative"
+    if any(w in lowered for w in ("thank", "great", "love")):
+        return "positive"
+    return "neutral"
+
+
+class OpenAIStandIn:
+    """A stand-in OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1.
+
+    ``POST /v1/chat/completions`` answers ``label_of`` the message (the user message after
+    ``Message: ``), as JSON content under ``response_format`` or as the bare label under
+    ``guided_choice``, with ``usage`` (a token a word of the prompt, 5 for the answer) and, when
+    asked and ``logprobs`` is on, log-probabilities whose product is ``probability``. ``script``
+    answers the next requests first: each a status, a body (dict: JSON) and headers. ``delay_s``
+    slows every answer. It keeps every request (``requests``: headers in lower case, body and
+    arrival time) and the most requests it served at once (``max_in_flight``). With ``api_key``
+    it answers 401 without ``Authorization: Bearer <key>``.
+    """
+
+    def __init__(self, api_key: str | None = None) -> None:
+        self.label_of: Callable[[str], str] = keyword_label
+        self.logprobs, self.probability, self.delay_s = True, 0.8, 0.0
+        self.script: list[tuple[int, dict | bytes, dict[str, str]]] = []
+        self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    service.requests.append(
+                        {
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "body": body,
+                            "time": time.monotonic(),
+                        }
+                    )
+                    service.in_flight += 1
+                    service.max_in_flight = max(service.max_in_flight, service.in_flight)
+                    scripted = service.script.pop(0) if service.script else None
+                try:
+                    time.sleep(service.delay_s)
+                    if api_key is not None and self.headers.get("Authorization") != f"Bearer {api_key}":
+                        status, payload, headers = 401, {"error": {"message": "Incorrect API key"}}, {}
+                    elif scripted is not None:
+                        status, payload, headers = scripted
+                    else:
+                        status, payload, headers = 200, service.completion(body), {}
+                    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with lock:
+                        service.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def completion(self, body: dict) -> dict:
+        prompt = body["messages"][-1]["content"]
+        label = self.label_of(prompt.rsplit("Message: ", 1)[-1])
+        content = label if "guided_choice" in body else json.dumps({"label": label})
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        if body.get("logprobs") and self.logprobs:
+            tokens = [(content[: -len(label) - 2] or content, 0.0), (label, math.log(self.probability))]
+            choice["logprobs"] = {"content": [{"token": t, "logprob": lp} for t, lp in tokens]}
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 5}
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage | {"total_tokens": usage["prompt_tokens"] + 5},
+        }
+
+    def texts(self) -> list[str]:
+        """The user message of every request, as it arrived."""
+        return [r["body"]["messages"][-1]["content"] for r in self.requests]
 
     def stop(self) -> None:
         self.server.shutdown()

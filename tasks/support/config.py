@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edgeroute.bundle import MAX_LENGTH
-from edgeroute.config import ConfigError, Frozen, load, validate
+from edgeroute.config import CloudConfig, ConfigError, Frozen, load, validate
 from edgeroute.router import Costs, RouterSettings
 
 PRESETS_ENV = "EDGEROUTE_PRESETS_DIR"
@@ -247,6 +247,7 @@ class PipelineConfig(Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
     router: RouterConfig = RouterConfig()
+    cloud: CloudConfig = CloudConfig()
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()

@@ -52,7 +52,7 @@ def test_the_runtime_and_the_monitor_flow_share_the_defaults():
         config.breaker.failures,
         config.breaker.reset_s,
     )
-    assert (cloud.timeout_s, cloud.retries) == (config.cloud.timeout_s, config.cloud.retries)
+    assert (cloud.timeout_s, cloud.max_retries) == (config.cloud.timeout_s, config.cloud.max_retries)
     policy = RetrainPolicy()
     assert (policy.min_accuracy, policy.min_edge_share) == (
         Thresholds().min_accuracy,

@@ -131,7 +131,7 @@ def test_the_cloud_never_receives_personal_data(bundle, local_cloud):
 
 def test_a_failed_cloud_returns_the_edge_answer_with_cloud_error(bundle, texts, service):
     service.stop()  # nothing listens on the port any more
-    router = make_router(bundle, HttpCloud(service.url, retries=1, backoff_s=0.01), min_confidence=1.0)
+    router = make_router(bundle, HttpCloud(service.url, max_retries=1, backoff_s=0.01), min_confidence=1.0)
     decisions = router.route(texts[:5])
     assert {d.reason for d in decisions} == {CLOUD_ERROR}
     assert {d.route for d in decisions} == {"edge"}
@@ -140,7 +140,7 @@ def test_a_failed_cloud_returns_the_edge_answer_with_cloud_error(bundle, texts, 
 
 def test_http_cloud_retries_server_errors_then_answers(bundle, texts, service, local_cloud):
     service.fail_next = 2
-    answers = HttpCloud(service.url, retries=2, backoff_s=0.01).classify(texts[:3])
+    answers = HttpCloud(service.url, max_retries=2, backoff_s=0.01).classify(texts[:3])
     assert service.requests == 3
     assert [a.label for a in answers] == [a.label for a in local_cloud.classify(texts[:3])]
 
@@ -148,11 +148,11 @@ def test_http_cloud_retries_server_errors_then_answers(bundle, texts, service, l
 def test_http_cloud_gives_up_after_its_retries_and_on_timeouts(service, texts):
     service.fail_next = 5
     with pytest.raises(RuntimeError, match="answered 503"):
-        HttpCloud(service.url, retries=1, backoff_s=0.01).classify(texts[:1])
+        HttpCloud(service.url, max_retries=1, backoff_s=0.01).classify(texts[:1])
     assert service.requests == 2
     service.fail_next, service.delay_s = 0, 0.5
     with pytest.raises(RuntimeError, match="unreachable"):
-        HttpCloud(service.url, timeout_s=0.1, retries=0).classify(texts[:1])
+        HttpCloud(service.url, timeout_s=0.1, max_retries=0).classify(texts[:1])
 
 
 def test_the_breaker_opens_after_failures_and_closes_when_the_cloud_is_back(bundle, texts, service):
@@ -160,7 +160,7 @@ def test_the_breaker_opens_after_failures_and_closes_when_the_cloud_is_back(bund
     breaker = CircuitBreaker(failure_threshold=2, reset_after_s=30, clock=lambda: now[0])
     router = make_router(
         bundle,
-        GuardedCloud(HttpCloud(service.url, retries=0), breaker),
+        GuardedCloud(HttpCloud(service.url, max_retries=0), breaker),
         **EDGE_ONLY | {"min_confidence": 1.0},
     )
     costs = router.settings.costs

@@ -21,7 +21,7 @@ from tasks.compress import op_counts
 from tasks.data import DataValidationError
 from tasks.gate import GateFailed
 from tasks.support.dataset import SPLITS
-from tests.services import task_states
+from tests.services import OpenAIStandIn, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -311,3 +311,46 @@ def test_escalation_lifts_a_weak_student_towards_its_teacher(tmp_path, mlflow_ur
     assert m["test_edge_only_accuracy"] < m["test_cloud_only_accuracy"], "the student is the weaker tier"
     assert m["test_accuracy"] > m["test_edge_only_accuracy"]
     assert m["test_edge_share"] < 1
+
+
+def test_the_router_is_calibrated_against_an_llm_that_a_rerun_does_not_pay_again(
+    tmp_path, mlflow_uri, monkeypatch
+):
+    key = "sk-pipeline-9d2e41"
+    monkeypatch.setenv("EDGEROUTE_CLOUD_API_KEY", key)
+    llm = OpenAIStandIn(api_key=key)
+    overrides = [
+        f"work_dir={tmp_path / 'work'}", "cloud.backend=openai", f"cloud.url={llm.url}",
+        "cloud.model=stand-in-7b", "cloud.price_per_1k_input_tokens=0.5",
+        "cloud.price_per_1k_output_tokens=1.5",
+    ]  # fmt: skip
+    try:
+        result = training_pipeline(preset="tiny", overrides=overrides)
+        asked = len(llm.requests)
+        # The calibration and test splits, each text once (the test split's through the router too,
+        # from the cache), every one masked.
+        assert asked >= 60 and all("@" not in text for text in llm.texts())
+        bundle = load_bundle(Path(result["bundle"]))
+        lineage = bundle.manifest["lineage"]
+        assert (lineage["cloud_backend"], lineage["cloud_model"], lineage["cloud_url"]) == (
+            "openai",
+            "stand-in-7b",
+            llm.url,
+        )
+        client = MlflowClient(mlflow_uri)
+        calibrate = client.search_runs(
+            [client.get_run(result["mlflow_run_id"]).info.experiment_id], "attributes.run_name = 'calibrate'"
+        )[0]
+        assert 0 < calibrate.data.metrics["calibration_cloud_only_accuracy"] < 1
+
+        training_pipeline(preset="tiny", overrides=overrides)
+        assert len(llm.requests) == asked  # every answer from work_dir/cloud-cache
+    finally:
+        llm.stop()
+    # The key went in the Authorization header only: in no file the runs wrote.
+    for path in [
+        *(tmp_path / "work").rglob("*"),
+        *Path(mlflow_uri.removeprefix("sqlite:///")).parent.rglob("*"),
+    ]:
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path

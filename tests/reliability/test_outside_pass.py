@@ -36,7 +36,7 @@ from edgeroute.bundle import (
     load_bundle,
     sha256,
 )
-from edgeroute.cloud import CircuitBreaker, LocalCloud, http_cloud
+from edgeroute.cloud import CircuitBreaker, LocalCloud, remote_cloud
 from edgeroute.config import CloudConfig, PrivacyConfig, load_serve_config
 from edgeroute.files import atomic_directory
 from edgeroute.privacy import normalize
@@ -317,14 +317,18 @@ def test_item_9_the_cloud_key_never_follows_a_redirect_to_another_origin(tiny_bu
     monkeypatch.setenv("EDGEROUTE_CLOUD_API_KEY", "cloud-s3cret")
     try:
         with pytest.raises(RuntimeError, match="answered 302"):
-            http_cloud(CloudConfig(url=redirecting.url, retries=0)).classify(["where is my parcel"])
+            remote_cloud(
+                CloudConfig(url=redirecting.url, max_retries=0), ["negative", "neutral", "positive"]
+            ).classify(["where is my parcel"])
         assert redirecting.headers[0]["x-api-key"] == "cloud-s3cret"
         assert redirecting.requests == 1 and elsewhere.requests == 0
         # Within the cloud's own origin a redirect is still followed (urllib's GET, which the
         # stand-in does not serve: 501).
         redirecting.extra_headers = {"Location": f"{redirecting.url}/v2/classify"}
         with pytest.raises(RuntimeError, match="answered 501"):
-            http_cloud(CloudConfig(url=redirecting.url, retries=0)).classify(["where is my parcel"])
+            remote_cloud(
+                CloudConfig(url=redirecting.url, max_retries=0), ["negative", "neutral", "positive"]
+            ).classify(["where is my parcel"])
         assert elsewhere.requests == 0
     finally:
         elsewhere.stop()

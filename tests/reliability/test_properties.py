@@ -34,7 +34,7 @@ def router(bundle):
 @pytest.fixture(scope="module")
 def cloudless(bundle):
     """The bundle's router with a cloud service that is not there (nothing listens on its port)."""
-    cloud = HttpCloud(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, retries=0)
+    cloud = HttpCloud(f"http://127.0.0.1:{free_port()}", timeout_s=1.0, max_retries=0)
     return bundle.router(GuardedCloud(cloud, CircuitBreaker(failure_threshold=10**9)))
 
 
