@@ -289,14 +289,8 @@ def edge_and_cloud(
 
 def cloud_tier(config: PipelineConfig, local: CloudBackend, labels: list[str]) -> CloudBackend:
     """The cloud the router is calibrated against: the bundle's FP32 model (``local``), or the
-    ``cloud`` section's remote backend, as in production; an LLM's answers are kept in
-    ``work_dir/cloud-cache`` unless ``cloud.cache_dir`` says where, so a re-run pays nothing."""
-    if config.cloud.backend == "local":
-        return local
-    cloud = config.cloud
-    if cloud.cache_dir is None:
-        cloud = cloud.model_copy(update={"cache_dir": config.work_dir.resolve() / "cloud-cache"})
-    return remote_cloud(cloud, labels)
+    ``cloud`` section's remote backend, as in production, its answers cached on disk."""
+    return local if config.cloud.backend == "local" else remote_cloud(config.cloud_cached, labels)
 
 
 @task(name="calibrate-router", cache_policy=NO_CACHE)

@@ -13,7 +13,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from edgeroute import tables
+from edgeroute.cloud import remote_cloud
 from edgeroute.files import atomic_directory
+from edgeroute.privacy import mask
+from edgeroute.router import chunks
 from edgeroute.tables import TableError, rows_phrase
 from tasks.support import synthetic, tracking
 from tasks.support.config import DataConfig, PipelineConfig
@@ -132,6 +135,48 @@ def digest_splits(splits: dict[str, pd.DataFrame]) -> str:
     return sha.hexdigest()
 
 
+def label_with_cloud(raw: pd.DataFrame, config: PipelineConfig, source: str) -> tuple[pd.DataFrame, dict]:
+    """``raw`` with its rows without a label labelled by the cloud tier, which sees each text
+    masked, answers from ``data.labels`` and is cached; rows it gave no label of the set are
+    dropped and counted. Returns the rows and the report for the data card."""
+    data, cloud = config.data, config.cloud
+    if cloud.backend == "local":
+        raise DataValidationError(
+            "data.label_with_cloud needs a remote cloud tier: set cloud.backend (openai or edgeroute) "
+            "and cloud.url, and cloud.model for openai"
+        )
+    if not data.labels:
+        raise DataValidationError("data.label_with_cloud needs data.labels: the labels the cloud may answer")
+    tables.require_columns(raw.columns, source, {data.text_column: "data.text_column"})
+    frame = raw.copy()
+    if data.label_column not in frame.columns:
+        frame[data.label_column] = None
+    todo = [
+        i
+        for i, (text, label) in enumerate(zip(frame[data.text_column], frame[data.label_column], strict=True))
+        if _is_missing(label) and isinstance(text, str) and text.strip()
+    ]
+    backend = remote_cloud(config.cloud_cached, list(data.labels))
+    answers = []
+    try:
+        for chunk in chunks([mask(frame[data.text_column].iloc[i]) for i in todo]):
+            answers += backend.classify(chunk)
+    except RuntimeError as exc:  # every text of a call failed: the cloud is down, nothing to keep
+        raise DataValidationError(f"data.label_with_cloud: the cloud tier failed: {exc}") from None
+    dropped = [i for i, answer in zip(todo, answers, strict=True) if answer is None]
+    for i, answer in zip(todo, answers, strict=True):
+        if answer is not None:
+            frame.iat[i, frame.columns.get_loc(data.label_column)] = answer.label
+    report = {
+        "labelled": len(todo) - len(dropped),
+        "dropped": len(dropped),
+        "backend": cloud.backend,
+        "model": cloud.model,
+        "url": cloud.url,
+    }
+    return frame.drop(index=frame.index[dropped]).reset_index(drop=True), report
+
+
 def load_source(config: DataConfig, seed: int) -> tuple[pd.DataFrame, str]:
     """The raw rows and a name for where they came from."""
     if config.path is None:
@@ -157,6 +202,9 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
     """Generate or load, validate, de-duplicate and split; write it under ``work_dir/data/<digest>``."""
     data = config.data
     raw, source = load_source(data, config.seed)
+    cloud_labels: dict = {}
+    if data.label_with_cloud:
+        raw, cloud_labels = label_with_cloud(raw, config, source)
     clean, truncated = validate(raw, data, source)
     unique, removed, conflicting = deduplicate(clean)
     class_counts = check_classes(unique, source, len(SPLITS))
@@ -173,6 +221,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
         truncated=truncated,
         class_counts=class_counts,
         split_counts={name: len(split) for name, split in splits.items()},
+        cloud_labels=cloud_labels,
     )
     if not (prepared.directory / "data.json").is_file():
         card = prepared.to_json() | {"config": data.model_dump(mode="json"), "seed": config.seed}
@@ -193,6 +242,12 @@ def prepare_data(config: PipelineConfig) -> PreparedData:
         prepared.truncated,
         prepared.directory,
     )
+    if prepared.cloud_labels:
+        report = prepared.cloud_labels
+        logger.info(
+            "data: %d rows labelled by the cloud tier (%s %s), %d dropped: no label of data.labels",
+            report["labelled"], report["backend"], report["model"], report["dropped"],
+        )  # fmt: skip
     with tracking.stage("data", config.data.model_dump(mode="json") | {"seed": config.seed}) as run_id:
         tracking.log_metrics(
             run_id,
@@ -202,6 +257,11 @@ def prepare_data(config: PipelineConfig) -> PreparedData:
                 "conflicting_duplicates": prepared.conflicting_duplicates,
                 "truncated": prepared.truncated,
                 "num_classes": len(prepared.labels),
+            }
+            | {
+                f"cloud_labels_{k}": prepared.cloud_labels[k]
+                for k in ("labelled", "dropped")
+                if prepared.cloud_labels
             }
             | {f"{name}_rows": count for name, count in prepared.split_counts.items()},
         )

@@ -43,7 +43,9 @@ class SplitConfig(Frozen):
 class DataConfig(Frozen):
     """Where the messages come from and how they are validated and split.
 
-    With no ``path`` the seeded generator makes a sentiment dataset of ``n_samples``.
+    With no ``path`` the seeded generator makes a sentiment dataset of ``n_samples``. With
+    ``label_with_cloud``, rows without a label (all of them when there is no label column) are
+    labelled by the cloud tier (``cloud``), choosing among ``labels``.
     """
 
     path: Path | None = None
@@ -53,6 +55,11 @@ class DataConfig(Frozen):
     label_noise: float = Field(0.03, ge=0, lt=0.5)
     max_chars: int = Field(2000, ge=16)
     on_too_long: Literal["truncate", "reject"] = "truncate"
+    label_with_cloud: bool = Field(
+        False,
+        description="rows without a label are labelled by the cloud section's backend, masked and cached",
+    )
+    labels: tuple[str, ...] | None = Field(None, min_length=2, description="the labels the cloud may answer")
     splits: SplitConfig = SplitConfig()
 
 
@@ -251,6 +258,14 @@ class PipelineConfig(Frozen):
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+
+    @property
+    def cloud_cached(self) -> CloudConfig:
+        """The ``cloud`` section with its answers kept in ``work_dir/cloud-cache`` unless
+        ``cloud.cache_dir`` says where: a re-run of any stage asks the cloud nothing again."""
+        if self.cloud.cache_dir is not None:
+            return self.cloud
+        return self.cloud.model_copy(update={"cache_dir": self.work_dir.resolve() / "cloud-cache"})
 
     @field_validator("compute")
     @classmethod

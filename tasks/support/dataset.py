@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -25,6 +26,9 @@ class PreparedData:
     truncated: int
     class_counts: dict[str, int]
     split_counts: dict[str, int]
+    # Rows labelled by the cloud tier (data.label_with_cloud): how many, how many of its answers
+    # were dropped, by which backend and model. Empty when the data came labelled.
+    cloud_labels: dict[str, Any] = field(default_factory=dict)
 
     def path(self, split: str) -> Path:
         return self.directory / f"{split}.parquet"
@@ -39,5 +43,5 @@ class PreparedData:
     def load(cls, directory: Path) -> PreparedData:
         """Read a prepared split back from its data card."""
         card = json.loads((directory / "data.json").read_text(encoding="utf-8"))
-        fields = {name: card[name] for name in cls.__dataclass_fields__}
+        fields = {name: card[name] for name in cls.__dataclass_fields__ if name in card}
         return cls(**fields | {"directory": Path(card["directory"])})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
@@ -313,24 +315,36 @@ def test_escalation_lifts_a_weak_student_towards_its_teacher(tmp_path, mlflow_ur
     assert m["test_edge_share"] < 1
 
 
-def test_the_router_is_calibrated_against_an_llm_that_a_rerun_does_not_pay_again(
+def test_an_llm_labels_the_data_and_calibrates_the_router_and_a_rerun_pays_nothing(
     tmp_path, mlflow_uri, monkeypatch
 ):
+    from edgeroute.privacy import mask
+    from tasks.support.synthetic import generate
+
     key = "sk-pipeline-9d2e41"
     monkeypatch.setenv("EDGEROUTE_CLOUD_API_KEY", key)
     llm = OpenAIStandIn(api_key=key)
+    unlabelled = tmp_path / "tickets.csv"  # the messages, no label column
+    texts = [row["text"] for row in generate(600, seed=3)]
+    pd.DataFrame({"text": texts}).to_csv(unlabelled, index=False)
     overrides = [
-        f"work_dir={tmp_path / 'work'}", "cloud.backend=openai", f"cloud.url={llm.url}",
+        f"work_dir={tmp_path / 'work'}", f"data.path={unlabelled}", "data.label_with_cloud=true",
+        "data.labels=[negative, neutral, positive]", "cloud.backend=openai", f"cloud.url={llm.url}",
         "cloud.model=stand-in-7b", "cloud.price_per_1k_input_tokens=0.5",
         "cloud.price_per_1k_output_tokens=1.5",
     ]  # fmt: skip
     try:
         result = training_pipeline(preset="tiny", overrides=overrides)
         asked = len(llm.requests)
-        # The calibration and test splits, each text once (the test split's through the router too,
-        # from the cache), every one masked.
-        assert asked >= 60 and all("@" not in text for text in llm.texts())
+        # One request a distinct masked message, to label it; calibration and the test split asked
+        # the same of the same texts, and were answered from the cache. Nothing unmasked left.
+        assert asked == len({mask(text) for text in texts})
+        assert all("@" not in text for text in llm.texts())
         bundle = load_bundle(Path(result["bundle"]))
+        card = json.loads(
+            (bundle.path.parent.parent / "data" / result["data_digest"][:16] / "data.json").read_text()
+        )
+        assert card["cloud_labels"]["model"] == "stand-in-7b" and card["cloud_labels"]["labelled"] >= 590
         lineage = bundle.manifest["lineage"]
         assert (lineage["cloud_backend"], lineage["cloud_model"], lineage["cloud_url"]) == (
             "openai",
@@ -341,7 +355,8 @@ def test_the_router_is_calibrated_against_an_llm_that_a_rerun_does_not_pay_again
         calibrate = client.search_runs(
             [client.get_run(result["mlflow_run_id"]).info.experiment_id], "attributes.run_name = 'calibrate'"
         )[0]
-        assert 0 < calibrate.data.metrics["calibration_cloud_only_accuracy"] < 1
+        # The router was calibrated against the LLM, whose own labels the data carries.
+        assert calibrate.data.metrics["calibration_cloud_only_accuracy"] == 1.0
 
         training_pipeline(preset="tiny", overrides=overrides)
         assert len(llm.requests) == asked  # every answer from work_dir/cloud-cache

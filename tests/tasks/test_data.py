@@ -299,3 +299,60 @@ def test_read_table_keeps_values_as_written(tmp_path):
     path = _write(tmp_path / "d.csv", "text,label\nNA,1\nnull,02\n")
     frame = read_table(path)
     assert frame.to_dict("list") == {"text": ["NA", "null"], "label": ["1", "02"]}
+
+
+# --- labelled by the cloud tier (data.label_with_cloud) ----------------------------------------
+
+
+def _llm_overrides(llm, *more: str) -> list[str]:
+    return [
+        "data.label_with_cloud=true", "data.labels=[negative, neutral, positive]", "cloud.backend=openai",
+        f"cloud.url={llm.url}", "cloud.model=stand-in-7b", "cloud.max_retries=0", *more,
+    ]  # fmt: skip
+
+
+def test_rows_without_a_label_are_labelled_by_the_cloud_and_its_bad_answers_dropped(tmp_path):
+    from tests.services import OpenAIStandIn, keyword_label
+
+    texts = [f"I want a refund for order {i}" for i in range(8)] + [f"thanks a lot, {i}" for i in range(8)]
+    texts += [f"where is my parcel {i}" for i in range(8)] + [
+        f"my parcel {i} is lost, no answer" for i in range(3)
+    ]
+    rows = [{"text": t, "label": "neutral" if t.startswith("where") else None} for t in texts]
+    rows += [{"text": f"account 44112299 question {i}", "label": None} for i in range(8)]
+    llm = OpenAIStandIn()
+    llm.label_of = lambda text: "pwned" if "lost" in text else keyword_label(text)
+    try:
+        prepared, splits = _prepare(tmp_path, _csv(tmp_path, rows), *_llm_overrides(llm))
+    finally:
+        llm.stop()
+    sent = llm.texts()
+    assert len(sent) == 8 + 8 + 3 + 8  # the rows without a label only
+    assert all("44112299" not in text for text in sent) and any("<" in text for text in sent)  # masked
+    assert prepared.cloud_labels == {
+        "labelled": 24, "dropped": 3, "backend": "openai", "model": "stand-in-7b", "url": llm.url
+    }  # fmt: skip
+    assert prepared.rows_read == len(rows) - 3 and prepared.labels == ["negative", "neutral", "positive"]
+    labelled = pd.concat(splits.values())
+    assert not labelled["text"].str.contains("lost").any()
+    assert set(labelled.loc[labelled["text"].str.startswith("thanks"), "label"]) == {"positive"}
+    card = json.loads((prepared.directory / "data.json").read_text())
+    assert card["cloud_labels"]["labelled"] == 24
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["data.label_with_cloud=true", "data.labels=[a, b]"],
+            "data.label_with_cloud needs a remote cloud tier",
+        ),
+        (["data.label_with_cloud=true", "cloud.url=http://127.0.0.1:9"], "needs data.labels"),
+    ],
+    ids=["no-cloud", "no-labels"],
+)
+def test_labelling_by_the_cloud_needs_a_cloud_and_labels(tmp_path, overrides, message):
+    path = _csv(tmp_path, [{"text": f"message {i}"} for i in range(40)])
+    with pytest.raises(DataValidationError, match=message):
+        _prepare(tmp_path, path, *overrides)
+    assert not (tmp_path / "work").exists()
