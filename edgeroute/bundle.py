@@ -13,11 +13,13 @@ import json
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgeroute.cloud import CloudBackend, LocalCloud
+from edgeroute import privacy
+from edgeroute.cloud import CircuitBreaker, CloudBackend, GuardedCloud, LocalCloud, remote_cloud
+from edgeroute.config import ServeConfig
 from edgeroute.files import atomic_directory
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from edgeroute.router import Router, RouterSettings
@@ -239,3 +241,24 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
         bundle.verify(*manifest["files"])
     bundle.router_settings()  # an invalid router.json is refused on load, not at the first query
     return bundle
+
+
+def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreaker) -> Router:
+    """The bundle's router for ``config.role``: escalations to ``config.cloud``'s backend (the
+    bundle's FP32 model in-process by default); an edge service with a remote cloud never loads
+    that model. An edge masks with ``config.privacy`` from then on (`PrivacyError` when its
+    engine cannot run)."""
+    threads = config.batching.threads
+    if config.role == "cloud":
+        return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
+    privacy.configure(config.privacy)
+    if config.cloud.backend != "local":
+        cloud = remote_cloud(config.cloud, bundle.labels)
+    elif bundle.has(CLOUD_MODEL):
+        cloud = LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
+    else:
+        cloud = None
+    router = bundle.router(GuardedCloud(cloud, breaker) if cloud else None, threads=threads)
+    if config.min_confidence is not None:
+        router.settings = replace(router.settings, min_confidence=config.min_confidence)
+    return router

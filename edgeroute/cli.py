@@ -146,10 +146,9 @@ def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | 
 
 def open_router(bundle: Path | None, model: str | None, serving: ServeConfig):
     """The edge router of a bundle given by path or by model URI, escalating as ``serving.cloud`` says."""
-    from edgeroute.bundle import BundleError, load_bundle
+    from edgeroute.bundle import BundleError, edge_cloud_router, load_bundle
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.privacy import PrivacyError
-    from edgeroute.server import edge_cloud_router
 
     bundle, _ = resolve_bundle(bundle, model)
     try:
@@ -346,12 +345,12 @@ def serve(
     import uvicorn
 
     from edgeroute.audit import AuditError, AuditLog
-    from edgeroute.bundle import BundleError, load_bundle
+    from edgeroute.bundle import BundleError, edge_cloud_router, load_bundle
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
     from edgeroute.privacy import PrivacyError
-    from edgeroute.server import create_app, edge_cloud_router, model_version
+    from edgeroute.server import create_app, model_version
 
     shortcuts = {"role": role, "host": host, "port": port, "audit": audit}
     shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)

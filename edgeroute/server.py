@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -38,11 +37,10 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeroute import privacy
 from edgeroute.audit import AuditLog, FeedbackConflict
 from edgeroute.batching import MicroBatcher
-from edgeroute.bundle import CLOUD_MODEL, Bundle
-from edgeroute.cloud import CircuitBreaker, GuardedCloud, LocalCloud, remote_cloud
+from edgeroute.bundle import Bundle
+from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.config import ServeConfig
 from edgeroute.monitor import Monitor
 from edgeroute.router import Decision, Router, unicode_problem
@@ -375,24 +373,3 @@ def create_app(
 def model_version(bundle: Bundle, registered: str | None = None) -> str:
     """What the service reports as its model: the registry version, else the training run."""
     return registered or str(bundle.manifest["lineage"].get("mlflow_run_id") or bundle.path.name)
-
-
-def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreaker) -> Router:
-    """The bundle's router for ``config.role``: escalations to ``config.cloud``'s backend (the
-    bundle's FP32 model in-process by default); an edge service with a remote cloud never loads
-    that model. An edge masks with ``config.privacy`` from then on (`PrivacyError` when its
-    engine cannot run)."""
-    threads = config.batching.threads
-    if config.role == "cloud":
-        return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
-    privacy.configure(config.privacy)
-    if config.cloud.backend != "local":
-        cloud = remote_cloud(config.cloud, bundle.labels)
-    elif bundle.has(CLOUD_MODEL):
-        cloud = LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
-    else:
-        cloud = None
-    router = bundle.router(GuardedCloud(cloud, breaker) if cloud else None, threads=threads)
-    if config.min_confidence is not None:
-        router.settings = replace(router.settings, min_confidence=config.min_confidence)
-    return router

@@ -12,10 +12,12 @@ from tasks.registry import fetch_bundle
 
 
 @flow(name="route-partitions")
-def route_partitions(bundle_path: Path, partitions: list[Path], directory: Path) -> list[Path]:
+def route_partitions(
+    bundle_path: Path, partitions: list[Path], directory: Path, settings: tuple[str, ...] = ()
+) -> list[Path]:
     """Every partition as its own task; the task runner decides where each one runs."""
     futures = [
-        route_partition_task.submit(bundle_path, part, directory / "decisions" / part.name)
+        route_partition_task.submit(bundle_path, part, directory / "decisions" / part.name, settings)
         for part in partitions
     ]
     return [future.result() for future in futures]
@@ -40,8 +42,10 @@ def route_messages(
     dask_address: str | None = None,
     n_workers: int = 2,
     per_month: int = 1_000_000,
+    settings: list[str] | None = None,
 ) -> dict:
-    """Route every message of ``data_path`` with a registered bundle (or a bundle directory)."""
+    """Route every message of ``data_path`` with a registered bundle (or a bundle directory);
+    ``settings`` are serve-config overrides for the router, e.g. ``cloud.backend=openai``."""
     bundle = fetch_bundle(model)
     directory = Path(output_dir).resolve()
     partitions = partition_messages(
@@ -49,7 +53,9 @@ def route_messages(
     )
     runner = dask_runner(dask_address, n_workers)
     try:
-        routed = route_partitions.with_options(task_runner=runner)(bundle.path, partitions, directory)
+        routed = route_partitions.with_options(task_runner=runner)(
+            bundle.path, partitions, directory, tuple(settings or ())
+        )
     finally:  # the partitions hold the texts: they never outlive the run
         discard_partitions(directory / "partitions")
     return summarize_routing(routed, bundle.router_settings().costs, per_month, directory / "summary.json")

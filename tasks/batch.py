@@ -17,7 +17,9 @@ import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from edgeroute.bundle import load_bundle
+from edgeroute.bundle import edge_cloud_router, load_bundle
+from edgeroute.cloud import CircuitBreaker
+from edgeroute.config import load_serve_config
 from edgeroute.router import Costs, Decision, Router, chunks, project, summarize
 from edgeroute.tables import read_messages
 
@@ -43,16 +45,19 @@ def discard_partitions(directory: Path) -> None:
 
 
 @lru_cache(maxsize=4)
-def _router(bundle_path: str) -> Router:
-    """One router per worker process and bundle, loaded (and verified) once."""
-    return load_bundle(Path(bundle_path)).router()
+def _router(bundle_path: str, settings: tuple[str, ...]) -> Router:
+    """One router per worker process, bundle and serve-config ``settings``, loaded (and verified) once."""
+    serving = load_serve_config(None, list(settings))
+    breaker = CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
+    return edge_cloud_router(load_bundle(Path(bundle_path)), serving, breaker)
 
 
-def route_partition(bundle_path: Path, partition: Path, output: Path) -> Path:
-    """Route one partition and write its decisions (row numbers, no text) as Parquet."""
+def route_partition(bundle_path: Path, partition: Path, output: Path, settings: tuple[str, ...] = ()) -> Path:
+    """Route one partition and write its decisions (row numbers, no text) as Parquet;
+    ``settings`` are serve-config overrides (``cloud.backend=openai``, ``min_confidence=…``)."""
     frame = pd.read_parquet(partition)
     texts = frame["text"].tolist()
-    router = _router(str(bundle_path))
+    router = _router(str(bundle_path), tuple(settings))
     decisions = [d for chunk in chunks(texts) for d in router.route(chunk)]
     routed = pd.DataFrame([d.to_dict() for d in decisions], columns=list(DECISION_COLUMNS))
     routed.insert(0, "row", frame["row"].to_numpy())
@@ -81,9 +86,11 @@ def partition_messages(
 
 
 @task(name="route-partition", retries=1)
-def route_partition_task(bundle_path: Path, partition: Path, output: Path) -> Path:
+def route_partition_task(
+    bundle_path: Path, partition: Path, output: Path, settings: tuple[str, ...] = ()
+) -> Path:
     """Prefect task: one partition routed, on whichever Dask worker runs it."""
-    return route_partition(bundle_path, partition, output)
+    return route_partition(bundle_path, partition, output, settings)
 
 
 @task(name="summarize-routing")

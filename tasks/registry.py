@@ -38,7 +38,18 @@ def requirements() -> list[str]:
     """What loading the model needs: the runtime and MLflow, at the versions that logged it."""
     from importlib.metadata import version
 
-    names = ("mlflow", "numpy", "onnxruntime", "tokenizers", "pandas", "pydantic", "pyyaml", "typer")
+    names = (
+        "mlflow",
+        "numpy",
+        "onnxruntime",
+        "tokenizers",
+        "pandas",
+        "pydantic",
+        "pyyaml",
+        "typer",
+        "httpx",
+        "tenacity",
+    )
     return [f"{name}=={version(name)}" for name in names]
 
 
@@ -64,6 +75,7 @@ def register_bundle(bundle_path: Path, name: str, examples: list[str]) -> Regist
                 signature=infer_signature(example, output),
                 input_example=example,
                 pip_requirements=requirements(),
+                model_config=pyfunc_model.MODEL_CONFIG,
                 registered_model_name=name,
             )
         version = str(info.registered_model_version)

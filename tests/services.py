@@ -22,11 +22,11 @@ import httpx
 import uvicorn
 
 from edgeroute.audit import AuditLog
-from edgeroute.bundle import load_bundle
+from edgeroute.bundle import edge_cloud_router, load_bundle
 from edgeroute.cloud import CircuitBreaker, LocalCloud
 from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
-from edgeroute.server import create_app, edge_cloud_router
+from edgeroute.server import create_app
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent

@@ -11,11 +11,10 @@ import math
 import httpx
 import pytest
 
-from edgeroute.bundle import load_bundle
+from edgeroute.bundle import edge_cloud_router, load_bundle
 from edgeroute.cloud import CircuitBreaker
 from edgeroute.config import load_serve_config
 from edgeroute.router import CLOUD_ERROR
-from edgeroute.server import edge_cloud_router
 from tests.services import BIN, OpenAIStandIn, edge_service, run_cli
 
 LABELS = ["negative", "neutral", "positive"]

@@ -41,6 +41,31 @@ def test_partitions_routed_on_dask_match_the_router_in_process(tmp_path, tiny_bu
     assert json.loads((tmp_path / "routed" / "summary.json").read_text()) == summary
 
 
+def test_partitions_escalate_to_an_llm_given_in_the_settings(tmp_path, tiny_bundle):
+    from tests.services import OpenAIStandIn
+
+    pd.DataFrame({"text": ["I want a refund", "thanks a lot", "where is my parcel"] * 4}).to_csv(
+        tmp_path / "store.csv", index=False
+    )
+    llm = OpenAIStandIn()
+    try:
+        summary = route_messages(
+            data_path=str(tmp_path / "store.csv"),
+            output_dir=str(tmp_path / "routed"),
+            model=str(tiny_bundle),
+            rows_per_partition=5,
+            settings=["cloud.backend=openai", f"cloud.url={llm.url}", "cloud.model=m", "min_confidence=1.0"],
+        )
+    finally:
+        llm.stop()
+    routed = pd.concat(
+        pd.read_parquet(p) for p in sorted((tmp_path / "routed" / "decisions").glob("*.parquet"))
+    )
+    assert routed["route"].tolist() == ["cloud"] * 12 and len(llm.requests) == 12
+    assert routed["label"].tolist() == ["negative", "positive", "neutral"] * 4
+    assert summary["edge_share"] == 0.0
+
+
 def test_a_missing_text_column_fails_before_anything_is_routed(tmp_path, tiny_bundle):
     pd.DataFrame({"body": ["hello"]}).to_csv(tmp_path / "store.csv", index=False)
     with pytest.raises(DataValidationError, match="column 'text' not found; columns are: 'body'"):

@@ -119,3 +119,23 @@ def test_an_altered_bundle_is_never_registered(tiny_bundle, tmp_path, parent_run
     with pytest.raises(BundleError, match=r"router\.json does not match its sha256"):
         registry.register_bundle(broken, NAME, ["hi"])
     assert MlflowClient(mlflow_uri).search_registered_models() == []
+
+
+def test_the_registered_model_escalates_to_an_llm_given_in_its_model_config(tiny_bundle, parent_run):
+    from tests.services import OpenAIStandIn
+
+    registry.register_bundle(tiny_bundle, NAME, ["where is my parcel"])
+    llm = OpenAIStandIn()
+    try:
+        model = mlflow.pyfunc.load_model(
+            f"models:/{NAME}@challenger",
+            model_config={
+                "cloud": {"backend": "openai", "url": llm.url, "model": "m"},
+                "min_confidence": 1.0,
+            },
+        )
+        predicted = model.predict(pd.DataFrame({"text": ["I want a refund", "thanks, great help"]}))
+    finally:
+        llm.stop()
+    assert predicted["route"].tolist() == ["cloud", "cloud"] and len(llm.requests) == 2
+    assert predicted["label"].tolist() == ["negative", "positive"]
