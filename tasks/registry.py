@@ -22,6 +22,8 @@ from mlflow.models import Model, infer_signature
 from prefect import task
 
 from edgeroute.bundle import Bundle, load_bundle
+from edgeroute.cloud import remote_cloud
+from edgeroute.config import CloudConfig
 from tasks.calibrate import evaluate
 from tasks.support import pyfunc_model, synthetic, tracking
 from tasks.support.config import PipelineConfig, PromotionConfig
@@ -122,9 +124,12 @@ def download_bundle(uri: str, destination: Path | None = None) -> Path:
     return bundle
 
 
-def registered_router(uri: str):
-    """The router of a registered bundle, downloaded and verified."""
-    return load_bundle(download_bundle(uri)).router()
+def registered_router(uri: str, cloud: CloudConfig | None = None):
+    """The router of a registered bundle, downloaded and verified, escalating to ``cloud``'s
+    backend (default: the bundle's own FP32 model)."""
+    bundle = load_bundle(download_bundle(uri))
+    remote = cloud is not None and cloud.backend != "local"
+    return bundle.router(remote_cloud(cloud, bundle.labels) if remote else None)
 
 
 def champion_history(name: str) -> list[str]:
@@ -185,15 +190,21 @@ def champion_test_split(champion, fallback: PreparedData) -> tuple[pd.DataFrame,
 
 
 def decide(
-    name: str, challenger: Registered, data: PreparedData, settings: PromotionConfig, run_id: str
+    name: str,
+    challenger: Registered,
+    data: PreparedData,
+    settings: PromotionConfig,
+    run_id: str,
+    cloud: CloudConfig | None = None,
 ) -> dict[str, Any]:
-    """Promote the challenger unless it is worse than the champion on the champion's test split."""
+    """Promote the challenger unless it is worse than the champion on the champion's test split,
+    both routed to ``cloud`` (default: each bundle's own FP32 model)."""
     champion = version_by_alias(name, CHAMPION)
     if champion is None:
         return set_champion(name, challenger.version, "first champion") | {"promoted": True}
     frame, source = champion_test_split(champion, data)
     scores = {
-        role: evaluate(registered_router(f"models:/{name}/{version}"), frame)[settings.metric]
+        role: evaluate(registered_router(f"models:/{name}/{version}", cloud), frame)[settings.metric]
         for role, version in ((CHAMPION, champion.version), (CHALLENGER, challenger.version))
     }
     tracking.log_metrics(run_id, {f"{role}_{settings.metric}": score for role, score in scores.items()})
@@ -231,6 +242,6 @@ def register_model(config: PipelineConfig, bundle_path: Path) -> Registered:
 def promote_model(config: PipelineConfig, data: PreparedData, registered: Registered) -> dict[str, Any]:
     """Prefect task: promote or keep the champion; the decision and both scores go to MLflow."""
     with tracking.stage("promote", config.promotion) as run_id:
-        decision = decide(registered.name, registered, data, config.promotion, run_id)
+        decision = decide(registered.name, registered, data, config.promotion, run_id, config.cloud_cached)
         tracking.set_tags(run_id, {"promoted": decision["promoted"], "decision": decision["reason"]})
     return decision
