@@ -331,6 +331,13 @@ class Router:
         return [answer if answer is not None and answer.label in self.labels else None for answer in answers]
 
 
+def cloud_only_cost(decisions: Sequence[Decision], costs: Costs) -> float:
+    """What a query costs sent to the cloud alone: the mean cloud cost of the queries the cloud
+    answered here (their tokens, for an LLM priced by them), else the router's cloud cost."""
+    answered = [d.cost - costs.edge for d in decisions if d.route == "cloud" or d.cloud_label is not None]
+    return sum(answered) / len(answered) if answered else costs.cloud
+
+
 def summarize(
     decisions: Sequence[Decision], costs: Costs, truth: Sequence[str] | None = None
 ) -> dict[str, Any]:
@@ -342,13 +349,13 @@ def summarize(
     if not n:
         raise ValueError("no decisions to summarize")
     on_edge = [d.route == "edge" for d in decisions]
-    cost = sum(d.cost for d in decisions) / n
+    cost, cloud_only = sum(d.cost for d in decisions) / n, cloud_only_cost(decisions, costs)
     summary: dict[str, Any] = {
         "queries": n,
         "edge_share": sum(on_edge) / n,
         "cost_per_query": cost,
-        "cloud_only_cost_per_query": costs.cloud,
-        "savings_vs_cloud_only": 1 - cost / costs.cloud if costs.cloud else 0.0,
+        "cloud_only_cost_per_query": cloud_only,
+        "savings_vs_cloud_only": 1 - cost / cloud_only if cloud_only else 0.0,
         "shadowed": sum(d.shadow for d in decisions),
         "reasons": dict(Counter(d.reason for d in decisions).most_common()),
     }
@@ -366,7 +373,7 @@ def summarize(
 def project(decisions: Sequence[Decision], costs: Costs, per_month: int) -> dict[str, float]:
     """Monthly cost of ``per_month`` messages routed like ``decisions``, and against cloud only."""
     monthly = sum(d.cost for d in decisions) / len(decisions) * per_month
-    cloud_only = costs.cloud * per_month
+    cloud_only = cloud_only_cost(decisions, costs) * per_month
     return {
         "per_month": per_month,
         "monthly_cost": monthly,

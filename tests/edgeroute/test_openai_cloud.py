@@ -207,6 +207,9 @@ def test_classify_and_simulate_answer_from_the_llm_with_token_costs(escalating_b
     expected = sum(0.001 + (len(p.split()) * 0.5 + 5 * 1.5) / 1000 for p in prompts) / 3
     assert summary["cost_per_query"] == pytest.approx(expected)
     assert summary["monthly_cost"] == pytest.approx(expected * 1000)
+    # Cloud only costs what the LLM's tokens cost, not the router's flat cloud cost.
+    assert summary["cloud_only_cost_per_query"] == pytest.approx(expected - 0.001)
+    assert summary["monthly_cloud_only_cost"] == pytest.approx((expected - 0.001) * 1000)
 
 
 def test_min_confidence_overrides_the_bundles_threshold(escalating_bundle, llm, tmp_path):
