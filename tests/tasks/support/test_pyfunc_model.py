@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pandas as pd
+from mlflow.pyfunc.model import PythonModelContext
 
 from edgeroute.bundle import load_bundle
 from tasks.support import pyfunc_model
@@ -12,7 +11,8 @@ from tasks.support import pyfunc_model
 
 def test_the_model_routes_a_text_column_exactly_as_the_bundle_router(tiny_bundle):
     model = pyfunc_model.EdgeRouterModel()
-    model.load_context(SimpleNamespace(artifacts={pyfunc_model.BUNDLE_ARTIFACT: str(tiny_bundle)}))
+    artifacts = {pyfunc_model.BUNDLE_ARTIFACT: str(tiny_bundle)}
+    model.load_context(PythonModelContext(artifacts=artifacts, model_config=pyfunc_model.MODEL_CONFIG))
     texts = ["where is my parcel?", "thank you so much, it works", 42]
     out = model.predict(None, pd.DataFrame({"text": texts}))
     assert list(out.columns) == list(pyfunc_model.OUTPUT_COLUMNS) and len(out) == 3
