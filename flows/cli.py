@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from mlflow.exceptions import MlflowException
 
+from edgeroute.bundle import BundleError
 from edgeroute.cli import Overrides, fail
 from edgeroute.config import ConfigError, to_yaml
 from edgeroute.plugins import Plugin, PluginError
@@ -92,6 +93,8 @@ def resolve_model(uri: str) -> tuple[Path, str | None]:
         return registry.download_bundle(uri), registry.resolve_version(uri)
     except MlflowException as exc:
         raise PluginError(exc.message) from None
+    except BundleError as exc:  # altered, or unsigned where a signature is required
+        raise PluginError(str(exc)) from None
 
 
 plugin = Plugin(commands=app, resolve_model=resolve_model)

@@ -139,3 +139,34 @@ def test_the_registered_model_escalates_to_an_llm_given_in_its_model_config(tiny
         llm.stop()
     assert predicted["route"].tolist() == ["cloud", "cloud"] and len(llm.requests) == 2
     assert predicted["label"].tolist() == ["negative", "positive"]
+
+
+def test_an_unsigned_registered_bundle_is_refused_by_name_once_a_public_key_is_set(
+    tiny_bundle, parent_run, tmp_path
+):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    registry.register_bundle(tiny_bundle, NAME, ["where is my parcel"])
+    public = tmp_path / "signing.pub"
+    public.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "edgeroute"),
+            "classify",
+            "--model",
+            f"models:/{NAME}@challenger",
+            "hi",
+        ],
+        env=os.environ | {"EDGEROUTE_BUNDLE_PUBLIC_KEY": str(public)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"error: --model models:/{NAME}@challenger:" in done.stderr and "not signed" in done.stderr
+    assert "Traceback" not in done.stderr
