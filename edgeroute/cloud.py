@@ -258,7 +258,6 @@ class AnswerCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.hits = self.misses = 0
 
     @staticmethod
     def key(*parts: object) -> str:
@@ -269,12 +268,9 @@ class AnswerCache:
 
     def get(self, key: str) -> Prediction | None:
         try:
-            answer = Prediction(**json.loads(self._path(key).read_text(encoding="utf-8")))
+            return Prediction(**json.loads(self._path(key).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):  # absent, or a torn or foreign file: ask again
-            self.misses += 1
             return None
-        self.hits += 1
-        return answer
 
     def put(self, key: str, answer: Prediction) -> None:
         path = self._path(key)
