@@ -1,11 +1,17 @@
 """Seeded generator of realistic customer-service messages labelled with sentiment.
 
 Messages are assembled from topic templates, slot fillers (products, amounts, dates, order
-and account numbers, card numbers, e-mails, phone numbers), openers and closers. A share of
-them is deliberately hard for a bag-of-words model: negation ("not bad at all"), sarcasm
-(praise words around a complaint), mixed sentiment whose label follows the clause after
-"but", and neutral questions that mention sentiment words. Each row carries its topic and a
-``difficulty`` tag (easy / medium / hard); ``label_noise`` flips that share of labels.
+and account numbers, card numbers, e-mails, phone numbers), openers, lead-ins, questions and
+closers. A share of them is deliberately hard for a bag-of-words model: negation ("not bad at
+all"), sarcasm (praise words around a complaint), mixed sentiment whose label follows the clause
+after "but", multi-issue messages, and neutral questions that mention sentiment words. Each row
+carries its topic and a ``difficulty`` tag (easy / medium / hard); ``label_noise`` flips that
+share of labels.
+
+Nothing but the sentiment gives the label away (`bench/shortcuts.py` probes it): greetings,
+lead-ins ("Quick question about my account."), plain questions and sign-offs ("Thanks.") are
+drawn from one pool for every class; positive and negative messages ask questions too, and
+neutral ones are requests as often as questions.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ NEUTRAL_WITH_SENTIMENT_WORDS = VOCABULARY["neutral_with_sentiment_words"]
 NEGATED_PHRASES = VOCABULARY["negated_phrases"]
 OPENERS = VOCABULARY["openers"]
 CLOSERS = VOCABULARY["closers"]
+LEADS = VOCABULARY["leads"]
+QUESTIONS = VOCABULARY["questions"]
+REQUESTS = VOCABULARY["requests"]
+CONNECTORS = VOCABULARY["connectors"]
 
 # Slots filled with one of a list.
 CHOICES = {
@@ -118,41 +128,78 @@ def fill(template: str, slots: _Slots) -> str:
 
 
 def _sentence(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
+    """One on-topic sentence or a request (neutral ones: as often as not, or they would all be questions)."""
+    if rng.random() < (0.4 if label == "neutral" else 0.15):
+        return fill(rng.choice(REQUESTS[label]), slots)
     return fill(rng.choice(TEMPLATES[topic][label]), slots)
+
+
+def _shared(rng: random.Random, slots: _Slots, pool: dict[str, list[str]], label: str) -> str:
+    """A question or a closer: from the pool every class draws on, or one with the label's sentiment."""
+    return fill(rng.choice(pool["any"] + pool.get(label, [])), slots)
 
 
 def _easy(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
     if rng.random() < 0.15:
         return fill(rng.choice(SHORT[label]), slots)
     parts = [_sentence(rng, slots, topic, label)]
+    if rng.random() < 0.25:
+        parts.append(_shared(rng, slots, QUESTIONS, label))
     if rng.random() < 0.3:
-        parts.append(fill(rng.choice(CLOSERS[label]), slots))
+        parts.append(_shared(rng, slots, CLOSERS, label))
     return " ".join(parts)
 
 
 def _medium(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
-    """Several sentences: context facts, one or two on-topic ones, a generic closer."""
+    """Several sentences: context facts, one to three on-topic ones, a question, a closer."""
     parts = [fill(rng.choice(CONTEXT), slots) for _ in range(rng.randint(0, 2))]
-    other = rng.choice([t for t in TEMPLATES if t != topic])
     parts.append(_sentence(rng, slots, topic, label))
-    if rng.random() < 0.5:
+    for other in rng.sample([t for t in TEMPLATES if t != topic], rng.choice([0, 1, 1, 2])):
         parts.append(_sentence(rng, slots, other, label))
+    if rng.random() < 0.4:
+        parts.append(_shared(rng, slots, QUESTIONS, label))
     rng.shuffle(parts)
     if label != "neutral" and rng.random() < 0.4:
         parts.append(fill(rng.choice(NEGATED_PHRASES[label]), slots))
     if rng.random() < 0.6:
-        parts.append(fill(rng.choice(CLOSERS["any"]), slots))
+        parts.append(_shared(rng, slots, CLOSERS, label))
+    return " ".join(parts)
+
+
+def _multi(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
+    """Two or three issues of one sentiment from different topics, listed the way people do,
+    sometimes after a concession of the other sentiment ("The refund came through, but ...")."""
+    topics = [topic, *rng.sample([t for t in TEMPLATES if t != topic], rng.randint(1, 2))]
+    parts = [fill(rng.choice(CONTEXT), slots)] if rng.random() < 0.5 else []
+    for n, other in enumerate(topics):
+        sentence = _sentence(rng, slots, other, label)
+        parts.append(sentence if n == 0 else rng.choice(CONNECTORS) + _decapitalise(sentence))
+    if label != "neutral" and rng.random() < 0.5:
+        # A concession of the other sentiment first, the issues after it deciding.
+        opposite = "positive" if label == "negative" else "negative"
+        concession = _capitalise(fill(rng.choice(CLAUSES[opposite]), slots)) + rng.choice(CONTRASTS)
+        parts[-len(topics)] = concession + _decapitalise(parts[-len(topics)])
+    if rng.random() < 0.5:
+        parts.append(_shared(rng, slots, QUESTIONS, label))
+    if rng.random() < 0.5:
+        parts.append(_shared(rng, slots, CLOSERS, label))
     return " ".join(parts)
 
 
 def _hard(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
-    """Negation at a distance, mixed sentiment, sarcasm, or a neutral question with loaded words."""
+    """Negation at a distance, mixed sentiment, sarcasm, several issues at once, or a neutral
+    question with loaded words."""
     if label == "neutral":
+        if rng.random() < 0.3:
+            return _multi(rng, slots, topic, label)
         text = fill(rng.choice(NEUTRAL_WITH_SENTIMENT_WORDS), slots)
         if rng.random() < 0.4:
             text = fill(rng.choice(CONTEXT), slots) + " " + text
         return text
-    style = rng.choice(["negation"] * 4 + ["mixed"] + (["sarcasm"] if label == "negative" else []))
+    styles = ["negation"] * 4 + ["mixed", "multi", "multi"] + (["sarcasm"] if label == "negative" else [])
+    style = rng.choice(styles)
+    if style == "multi":
+        return _multi(rng, slots, topic, label)
     if style == "sarcasm":
         return fill(rng.choice(SARCASM), slots)
     if style == "negation":
@@ -165,11 +212,16 @@ def _hard(rng: random.Random, slots: _Slots, topic: str, label: str) -> str:
     return _capitalise(text + fill(rng.choice(CLAUSES[label]), slots) + ".")
 
 
+def _decapitalise(text: str) -> str:
+    """Lower-case the first letter of a sentence that continues another, except "I" and "I'm"."""
+    return text if text[:2] in ("I ", "I'") else text[:1].lower() + text[1:]
+
+
 def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _typos(rng: random.Random, text: str, rate: float) -> str:
+def add_typos(rng: random.Random, text: str, rate: float) -> str:
     """Swap or drop letters in a share of the longer words."""
     words = text.split(" ")
     for i, word in enumerate(words):
@@ -183,14 +235,16 @@ def _typos(rng: random.Random, text: str, rate: float) -> str:
 
 
 def _surface(rng: random.Random, slots: _Slots, text: str) -> str:
-    """Openers, casing, punctuation and typos, the way people really write."""
+    """Lead-ins, openers, casing, punctuation and typos, the way people really write."""
+    if rng.random() < 0.25:
+        text = fill(rng.choice(LEADS), slots) + " " + text
     if rng.random() < 0.35:
         opener = fill(rng.choice(OPENERS), slots)
         if opener.endswith(","):
             text = text[:1].lower() + text[1:]
         text = opener + " " + text
     if rng.random() < 0.2:
-        text = _typos(rng, text, 0.12)
+        text = add_typos(rng, text, 0.12)
     if rng.random() < 0.15:
         text = text.lower()
     if rng.random() < 0.15:
