@@ -1,4 +1,5 @@
-"""The training pipeline: data, DAPT, teacher, student, compression, gates, router, bundle, registry.
+"""The training pipeline: data, DAPT, teacher, student, compression, gates, router, behavioural
+checks, bundle, registry.
 
 Each task opens its own nested MLflow run under the pipeline run (`tracking.stage`); the flow
 only wires them, in the order of DESIGN §1.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks.behaviour import behaviour_checks, read_cases
 from tasks.bundle import bundle_model
 from tasks.calibrate import calibrate_router, cloud_tier, edge_and_cloud
 from tasks.classifier import train_classifier
@@ -38,6 +40,7 @@ def training_pipeline(
     with tracking.pipeline_run(config.tracking.experiment, run_name, tags):
         tracking.log_config(config)
         data = prepare_data(config)
+        cases = read_cases(config.behaviour, data.labels)  # a bad cases file fails before training
         adapted = domain_adapt(config, data)
         teacher = train_classifier(config, data, adapted)
         student = distill_student(config, data, teacher) if config.distill.enabled else None
@@ -46,13 +49,19 @@ def training_pipeline(
         benchmarks = benchmark_models(config, data, compressed)
         decision = gate_model(config, data, compressed, benchmarks)
         edge, cloud = edge_and_cloud(decision.edge, compressed.cloud, data.labels, config.model.max_length)
-        calibration = calibrate_router(config, data, edge, cloud_tier(config, cloud, data.labels))
+        tier = cloud_tier(config, cloud, data.labels)
+        calibration = calibrate_router(config, data, edge, tier)
         system_gate(config, calibration, decision.report)
-        bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, student)
+        behaviour = (
+            behaviour_checks(config, data, edge, tier, calibration.settings, cases)
+            if config.behaviour.enabled
+            else None
+        )
+        bundle = bundle_model(config, data, compressed, decision, calibration, benchmarks, student, behaviour)
         registered = register_model(config, bundle)
         promotion = promote_model(config, data, registered)
         return summarize_run(
             config, run_name, data=data, adapted=adapted, classifier=teacher, student=student,
-            benchmarks=benchmarks, decision=decision, calibration=calibration, bundle=bundle,
-            registered=registered, promotion=promotion,
+            benchmarks=benchmarks, decision=decision, calibration=calibration, behaviour=behaviour,
+            bundle=bundle, registered=registered, promotion=promotion,
         )  # fmt: skip

@@ -19,6 +19,7 @@ from edgeroute.bundle import (
     write_bundle,
 )
 from edgeroute.signing import SIGNATURE
+from tasks.behaviour import BehaviourReport
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed
 from tasks.distill import STUDENT
@@ -53,6 +54,7 @@ def bundle_model(
     calibration: Calibration,
     benchmarks: dict[str, dict[str, float]],
     student: Checkpoint | None = None,
+    behaviour: BehaviourReport | None = None,
 ) -> Path:
     """Prefect task: write the bundle under ``work_dir/bundles/<run id>`` and log it to MLflow."""
     run_id = tracking.pipeline_run_id()
@@ -63,6 +65,8 @@ def bundle_model(
         "compress": compressed.info,
         "router": calibration.metrics,
     }
+    if behaviour is not None:
+        metrics["behaviour"] = behaviour.metrics
     lineage = {
         "data_digest": data.digest,
         "data_dir": str(data.directory),

@@ -190,6 +190,29 @@ class GateConfig(Frozen):
     min_edge_share: float = Field(0.0, ge=0, le=1, description="0: the edge share is reported only")
 
 
+class BehaviourLimits(Frozen):
+    """The largest failure rate each kind of behavioural check may show, its worst check counting."""
+
+    invariance: float = Field(0.05, ge=0, le=1)
+    direction: float = Field(0.05, ge=0, le=1)
+    mft: float = Field(0.10, ge=0, le=1, description="minimum functionality: cases with a known label")
+
+
+class BehaviourConfig(Frozen):
+    """Behavioural checks (CheckList) of the edge model, the cloud tier and the routed system.
+
+    Invariance and direction checks perturb ``samples`` test-split messages; minimum-functionality
+    cases are generated for sentiment labels and read from ``cases_path`` (CSV, JSONL or Parquet
+    with ``text`` and ``label``, the label expected) for any. ``max_failure_rate`` fails the run,
+    as the gates do, when the edge model or the routed system exceeds it.
+    """
+
+    enabled: bool = True
+    samples: int = Field(200, ge=1, description="test-split messages each perturbing check uses")
+    cases_path: Path | None = None
+    max_failure_rate: BehaviourLimits = BehaviourLimits()
+
+
 class RouterConfig(Frozen):
     """Router calibration on the calibration split: the temperature, then a threshold for a target.
 
@@ -254,6 +277,7 @@ class PipelineConfig(Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     gate: GateConfig = GateConfig()
     router: RouterConfig = RouterConfig()
+    behaviour: BehaviourConfig = BehaviourConfig()
     cloud: CloudConfig = CloudConfig()
     compute: ComputeConfig = ComputeConfig()
     tracking: TrackingConfig = TrackingConfig()

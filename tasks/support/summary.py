@@ -104,7 +104,9 @@ def to_markdown(
     calibration: dict[str, Any],
     registered: Any,
     promotion: dict[str, Any],
+    behaviour: str | None = None,
 ) -> str:
+    """The summary; ``behaviour``: the behavioural checks' table, when they ran."""
     fp32, edge = columns["fp32"], columns["edge"]
     kept = 100 * edge["accuracy"] / fp32["accuracy"]
     params = ", ".join(
@@ -121,6 +123,11 @@ def to_markdown(
         else f"**not promoted**: champion stays v{promotion['champion']} ({promotion['reason']})"
     )
     tier = "Teacher (cloud tier)" if student_layers is not None else "Classifier"
+    checks = (
+        f"\n## Behavioural checks (worst failure rate of each kind)\n{behaviour}\n"
+        if behaviour is not None
+        else ""
+    )
     return f"""# Training run `{run_name}`
 
 {tier} on the test split: accuracy **{classifier["test_accuracy"]:.4f}**, macro-F1 \
@@ -138,7 +145,7 @@ minimum edge confidence {router["min_confidence"]:.3f}.
 | **{100 * router["test_edge_share"]:.1f} %** | {router["test_accuracy"]:.4f} | \
 {router["test_cloud_only_accuracy"]:.4f} | {router["test_edge_only_accuracy"]:.4f} | \
 ${router["test_cost_per_query"]:.5f} | **{100 * router["test_savings_vs_cloud_only"]:.1f} %** |
-
+{checks}
 ## Registry
 `{registered.name}` version {registered.version} (alias `challenger`): {outcome}.
 """
@@ -156,6 +163,7 @@ def summarize_run(
     benchmarks: dict[str, Metrics],
     decision: Any,
     calibration: Any,
+    behaviour: Any,
     bundle: Path,
     registered: Any,
     promotion: dict[str, Any],
@@ -172,10 +180,13 @@ def summarize_run(
     tracking.log_stage_summary(run_id, "edge", decision.metrics, {"recipe": decision.recipe.name})
     tracking.log_stage_summary(run_id, "cloud", cloud_tier(columns), {"bundle": bundle})
     tracking.log_stage_summary(run_id, "router", calibration.metrics, {"router": calibration.router_json})
+    if behaviour is not None:
+        tracking.log_stage_summary(run_id, "behaviour", behaviour.metrics, {})
     tracking.set_tags(run_id, {"registered_version": registered.version, "promoted": promotion["promoted"]})
     markdown = to_markdown(
         run_name, classifier.metrics, columns, config.distill.layers if student is not None else None,
         calibration.metrics, calibration.settings.calibration, registered, promotion,
+        behaviour.summary(config.behaviour.max_failure_rate) if behaviour is not None else None,
     )  # fmt: skip
     create_markdown_artifact(key="training-summary", markdown=markdown, description="Training run summary")
     tracking.log_text(run_id, markdown, "summary.md")

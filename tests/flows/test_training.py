@@ -19,10 +19,12 @@ from prefect.client.schemas.filters import (
 import tasks.classifier
 from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, load_bundle
 from flows.training import training_pipeline
+from tasks.behaviour import BehaviourFailed
 from tasks.compress import op_counts
 from tasks.data import DataValidationError
 from tasks.gate import GateFailed
 from tasks.support.dataset import SPLITS
+from tasks.support.synthetic import generate
 from tests.services import OpenAIStandIn, task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -51,7 +53,7 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
     }
     assert set(children) == {
         "data", "dapt", "classifier", "distill", "compress", "benchmark", "gate", "calibrate", "system-gate",
-        "register", "promote",
+        "behaviour", "register", "promote",
     }  # fmt: skip
     champion = client.get_model_version_by_alias("edgeroute", "champion")
     assert result["registered_model"] == f"models:/edgeroute/{champion.version}"
@@ -82,6 +84,11 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
     assert sizes["int8.size_mb"] < sizes["fp32.size_mb"] < sizes["teacher_fp32.size_mb"]
     assert sizes["int8.size_mb"] < sizes["teacher_int8.size_mb"]
     assert children["system-gate"].data.metrics["passed"] == 1
+    behaviour = children["behaviour"].data.metrics
+    assert behaviour["passed"] == 1 and 0 <= behaviour["system.invariance.email"] <= 1
+    assert behaviour["edge.mft"] == max(v for k, v in behaviour.items() if k.startswith("edge.mft."))
+    assert load_bundle(Path(result["bundle"])).manifest["metrics"]["behaviour"] == pytest.approx(behaviour)
+    assert "## Behavioural checks" in result["summary"]
     assert "gate_report.md" in {a.path for a in client.list_artifacts(children["gate"].info.run_id)}
     calibrate = children["calibrate"]
     assert {a.path for a in client.list_artifacts(calibrate.info.run_id)} >= {
@@ -367,3 +374,44 @@ def test_an_llm_labels_the_data_and_calibrates_the_router_paying_once_a_text(
     ]:
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_model_that_learned_a_shortcut_fails_the_behaviour_stage_and_registers_nothing(
+    tmp_path, mlflow_uri
+):
+    """Data labelled by whether a message ends with an e-mail address, not by what it says: the
+    model learns the address, scores well on its own test split and passes both gates, but an
+    address added to a message changes its label, and the behavioural checks stop the run before
+    the registry."""
+    rows = [r for r in generate(600, seed=0) if "@" not in r["text"]]
+    for i, row in enumerate(rows):
+        if i % 2 == 0:
+            row["text"] += f" You can reach me at customer{i}@example.net."
+        row["label"] = "positive" if i % 2 == 0 else "negative"
+    data = tmp_path / "shortcut.csv"
+    pd.DataFrame(rows)[["text", "label"]].to_csv(data, index=False)
+    overrides = [
+        f"work_dir={tmp_path / 'work'}", f"data.path={data}", "dapt.enabled=false",
+        "behaviour.max_failure_rate.invariance=0.3",
+    ]  # fmt: skip
+    state = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    states = _task_states(state)
+    assert states["system-gate"] == "Completed" and states["behaviour"] == "Failed"
+    with pytest.raises(BehaviourFailed) as failed:
+        state.result()
+    report = str(failed.value)
+    lines = report.splitlines()
+    assert any(line.startswith("- edge.invariance ") and line.endswith("<= 0.3: FAIL") for line in lines)
+    email = next(line for line in lines if line.startswith("| invariance.email |"))
+    edge_rate = float(email.split("|")[2].split()[0])
+    assert edge_rate > 0.3, report
+    assert "<EMAIL_ADDRESS>" in report and "@example" not in report, "failed cases are shown masked"
+    assert not (tmp_path / "work" / "bundles").exists()
+    client = MlflowClient(mlflow_uri)
+    assert client.search_registered_models() == []
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("edgeroute").experiment_id], "tags.mlflow.runName = 'behaviour'"
+    )
+    assert run.info.status == "FAILED" and run.data.metrics["passed"] == 0
+    assert run.data.metrics["edge.invariance.email"] == pytest.approx(edge_rate, abs=1e-3)
