@@ -371,7 +371,14 @@ class OpenAICloud:
         return body
 
     def classify(self, texts: Sequence[str]) -> list[Prediction | None]:
-        outcomes = list(self.pool.map(self._answer, texts))
+        if self.cache is not None:
+            # One request a distinct text, as the cache promises, even when a call repeats one:
+            # asked at once, each copy would miss the cache.
+            unique = list(dict.fromkeys(texts))
+            answered = dict(zip(unique, self.pool.map(self._answer, unique), strict=True))
+            outcomes = [answered[text] for text in texts]
+        else:
+            outcomes = list(self.pool.map(self._answer, texts))
         if outcomes and all(isinstance(o, _Transient) for o in outcomes):
             raise RuntimeError(f"{self.endpoint}: {outcomes[0]}") from None
         return [o if isinstance(o, Prediction) else None for o in outcomes]

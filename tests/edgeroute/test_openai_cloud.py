@@ -153,6 +153,12 @@ def test_a_rerun_is_answered_from_the_cache_without_a_request(escalating_bundle,
     ]
     routed(escalating_bundle, llm, *PRICES, f"cloud.cache_dir={tmp_path / 'other'}").route(texts)
     assert len(llm.requests) == 4
+    # A text repeated within one call is asked once too, though the calls run at once.
+    llm.delay_s = 0.2
+    repeated = routed(escalating_bundle, llm, f"cloud.cache_dir={tmp_path / 'fresh'}").route(
+        ["is it in stock"] * 6
+    )
+    assert len(llm.requests) == 5 and len({d.label for d in repeated}) == 1
 
 
 def test_only_masked_text_leaves_and_the_key_only_in_the_authorization_header(

@@ -342,10 +342,14 @@ def test_an_llm_labels_the_data_and_calibrates_the_router_paying_once_a_text(
     ]  # fmt: skip
     try:
         result = training_pipeline(preset="tiny", overrides=overrides)
-        asked = len(llm.requests)
-        # One request a distinct masked message, to label it; calibration and the test split asked
-        # the same of the same texts, and were answered from the cache. Nothing unmasked left.
-        assert asked == len({mask(text) for text in texts})
+        asked = llm.texts()
+        # One request a distinct masked message: each message once, to label it (calibration and
+        # the test split asked the same of the same texts, and were answered from the cache),
+        # then each new text of the behavioural checks once. Nothing unmasked left.
+        labelled = {mask(text) for text in texts}
+        assert len(set(asked)) == len(asked) > len(labelled)
+        prompts = "\n".join(asked)
+        assert all(text in prompts for text in labelled)
         assert all("@" not in text for text in llm.texts())
         bundle = load_bundle(Path(result["bundle"]))
         card = json.loads(
@@ -374,6 +378,17 @@ def test_an_llm_labels_the_data_and_calibrates_the_router_paying_once_a_text(
     ]:
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_a_bad_behaviour_cases_file_fails_the_flow_before_any_training(tmp_path, mlflow_uri):
+    cases = tmp_path / "cases.csv"
+    cases.write_text("text,label\nHello there,neutral\nI love it,happy\n", encoding="utf-8")
+    overrides = [f"work_dir={tmp_path / 'work'}", f"behaviour.cases_path={cases}"]
+    state = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataValidationError, match=r"cases.csv: row 2, column 'label': 'happy' is not one of"):
+        state.result()
+    assert set(_task_states(state)) == {"clean-up-killed-runs", "prepare-data"}
 
 
 def test_a_model_that_learned_a_shortcut_fails_the_behaviour_stage_and_registers_nothing(
