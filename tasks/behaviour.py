@@ -45,7 +45,6 @@ from tasks.support.synthetic import add_typos
 KINDS = ("invariance", "direction", "mft")
 GATED = ("edge", "system")  # what the bundle serves; the cloud tier is reported
 RANK = {"negative": -1, "neutral": 0, "positive": 1}
-SENTIMENT = ("positive", "negative", "neutral")
 
 NAMES = ("Priya Raman", "Tom Becker", "Ana Souza", "Kenji Mori", "Grace Okafor", "Luca Bianchi")
 DOMAINS = ("example.org", "mailbox.test", "inbox.example")
@@ -176,12 +175,13 @@ class BehaviourCheck:
         outcomes: list[bool | None] = []
         for case, label in zip(self.cases, predicted, strict=True):
             before = RANK.get(base[case.original])
-            # Only where the model's own label leaves room to move the forbidden way.
-            if before is None or before == self.forbidden:
+            after = RANK.get(label)
+            # Only where the model's own label leaves room to move the forbidden way, and the
+            # new one is on the scale (not a refusal).
+            if before is None or before == self.forbidden or after is None:
                 outcomes.append(None)
             else:
-                after = RANK.get(label)
-                outcomes.append(after is None or (after - before) * self.forbidden > 0)
+                outcomes.append((after - before) * self.forbidden > 0)
         return outcomes
 
 
@@ -234,6 +234,11 @@ class BehaviourReport:
         return "\n".join(lines)
 
 
+def is_sentiment(labels: Sequence[str]) -> bool:
+    """Whether the labels have a direction: direction checks and generated cases need both poles."""
+    return {"positive", "negative"} <= set(labels)
+
+
 def read_cases(config: BehaviourConfig, labels: Sequence[str]) -> list[tuple[str, str]]:
     """``behaviour.cases_path`` as (text, expected label) pairs, each label one of ``labels``."""
     if config.cases_path is None:
@@ -254,7 +259,7 @@ def mft_cases(labels: Sequence[str], cases: Sequence[tuple[str, str]], seed: int
     rng = random.Random(seed)
     by_label: dict[str, list[Case]] = {}
     for label, templates in MFT_TEMPLATES.items():
-        if label in labels and {"positive", "negative"} <= set(labels):
+        if label in labels and is_sentiment(labels):
             fill = [{k: rng.choice(v) for k, v in FILLERS.items()} for _ in range(2)]
             texts = {template.format(**slots) for template in templates for slots in fill}
             by_label[label] = [Case(text, expected=label) for text in sorted(texts)]
@@ -273,7 +278,7 @@ def build_checks(
         changed = [(i, perturb(rng, text)) for i, text in enumerate(base)]
         items = [Case(new, original=i) for i, new in changed if new is not None and new != base[i]]
         checks.append(BehaviourCheck("invariance", name, items))
-    if {"positive", "negative"} <= set(labels):
+    if is_sentiment(labels):
         for name, (phrases, forbidden) in DIRECTION.items():
             rng = random.Random(f"{seed}-{name}")
             items = [Case(_append(text, rng.choice(phrases)), original=i) for i, text in enumerate(base)]

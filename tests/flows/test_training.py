@@ -406,7 +406,7 @@ def test_a_model_that_learned_a_shortcut_fails_the_behaviour_stage_and_registers
     data = tmp_path / "shortcut.csv"
     pd.DataFrame(rows)[["text", "label"]].to_csv(data, index=False)
     overrides = [
-        f"work_dir={tmp_path / 'work'}", f"data.path={data}", "dapt.enabled=false",
+        f"work_dir={tmp_path / 'work'}", f"data.path={data}", "dapt.enabled=false", "distill.enabled=false",
         "behaviour.max_failure_rate.invariance=0.3",
     ]  # fmt: skip
     state = training_pipeline(preset="tiny", overrides=overrides, return_state=True)
