@@ -193,9 +193,9 @@ class GateConfig(Frozen):
 class BehaviourLimits(Frozen):
     """The largest failure rate each kind of behavioural check may show, its worst check counting."""
 
-    invariance: float = Field(0.05, ge=0, le=1)
+    invariance: float = Field(0.10, ge=0, le=1)
     direction: float = Field(0.05, ge=0, le=1)
-    mft: float = Field(0.10, ge=0, le=1, description="minimum functionality: cases with a known label")
+    mft: float = Field(0.25, ge=0, le=1, description="minimum functionality: cases with a known label")
 
 
 class BehaviourConfig(Frozen):
