@@ -122,7 +122,7 @@ def test_a_trimmed_edge_model_ships_the_cloud_tokenizer_beside_the_cloud_model(
     from tasks.gate import GateDecision
 
     config, data = tiny_prepared
-    corpus = data.frame("train")["text"].tolist()[:80]
+    corpus = [t for split in ("train", "validation", "calibration") for t in data.frame(split)["text"]]
     compressed = compress(
         tiny_classifier, corpus, config.compress.model_copy(update={"trim_vocabulary": True}), tmp_path / "c"
     )

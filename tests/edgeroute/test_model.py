@@ -38,5 +38,5 @@ def test_batched_logits_match_one_at_a_time(tiny_bundle, tiny_prepared):
     # INT8 quantizes activations with one scale per call: a batch differs from one text a little.
     int8 = bundle.classifier(EDGE_MODEL, batch_size=4)
     batched, alone = int8.logits(texts), np.concatenate([int8.logits([t]) for t in texts])
-    np.testing.assert_allclose(batched, alone, atol=0.02)
+    np.testing.assert_allclose(batched, alone, atol=0.03)
     assert (batched.argmax(axis=1) == alone.argmax(axis=1)).mean() >= 0.95

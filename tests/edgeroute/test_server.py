@@ -27,7 +27,9 @@ def service(tiny_bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def texts(tiny_prepared):
-    return tiny_prepared[1].frame("test")[["text", "label"]].head(8)
+    """Eight test messages within the service's limits.max_text_chars=200."""
+    test = tiny_prepared[1].frame("test")
+    return test[test["text"].str.len() <= 200][["text", "label"]].head(8)
 
 
 def test_classify_one_text_or_a_batch(service, texts):
