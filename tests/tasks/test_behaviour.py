@@ -116,7 +116,8 @@ def test_the_report_and_metrics_show_each_check_and_mask_failed_cases():
     outcomes = run_suite(
         {name: predictor(model) for name, model in models.items()}, BASE, build_checks(BASE, SENTIMENT, [], 0)
     )
-    checks = gate_checks(outcomes, BehaviourLimits())
+    limits = BehaviourLimits(invariance=0.05, direction=0.05, mft=0.1)
+    checks = gate_checks(outcomes, limits)
     assert {c.name for c in checks} == {
         f"{m}.{k}" for m in ("edge", "system") for k in ("invariance", "direction", "mft")
     }
@@ -130,7 +131,7 @@ def test_the_report_and_metrics_show_each_check_and_mask_failed_cases():
     assert "| invariance.email | 0.750 (3/4) | 0.000 (0/4) | 0.750 (3/4) |" in result.report
     assert "- system.invariance 0.7500 <= 0.05: FAIL" in result.report
     assert "<EMAIL_ADDRESS>" in result.report and "@" not in result.report
-    assert "| invariance | 0.750 | 0.000 | 0.750 | 0.05 |" in result.summary(BehaviourLimits())
+    assert "| invariance | 0.750 | 0.000 | 0.750 | 0.05 |" in result.summary(limits)
 
 
 def test_the_cases_file_names_the_row_and_label_at_fault(tmp_path):
