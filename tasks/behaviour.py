@@ -36,6 +36,7 @@ from edgeroute.model import OnnxClassifier
 from edgeroute.privacy import mask
 from edgeroute.router import Router, RouterSettings, chunks
 from edgeroute.tables import TableError, read_messages, rows_phrase
+from tasks.calibrate import cloud_labels
 from tasks.gate import Check, GateFailed
 from tasks.support import tracking
 from tasks.support.config import BehaviourConfig, BehaviourLimits, PipelineConfig
@@ -258,8 +259,9 @@ def mft_cases(labels: Sequence[str], cases: Sequence[tuple[str, str]], seed: int
     labels the task has, each filled twice, then the user's cases."""
     rng = random.Random(seed)
     by_label: dict[str, list[Case]] = {}
-    for label, templates in MFT_TEMPLATES.items():
-        if label in labels and is_sentiment(labels):
+    generated = MFT_TEMPLATES.items() if is_sentiment(labels) else ()
+    for label, templates in generated:
+        if label in labels:
             fill = [{k: rng.choice(v) for k, v in FILLERS.items()} for _ in range(2)]
             texts = {template.format(**slots) for template in templates for slots in fill}
             by_label[label] = [Case(text, expected=label) for text in sorted(texts)]
@@ -353,13 +355,6 @@ def report(outcomes: dict[str, dict[str, Outcome]], checks: list[Check]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cloud_predict(cloud: CloudBackend) -> Predict:
-    def predict(texts: list[str]) -> list[str | None]:
-        return [a.label if a is not None else None for a in cloud.classify([mask(t) for t in texts])]
-
-    return predict
-
-
 def evaluate(
     edge: OnnxClassifier,
     cloud: CloudBackend,
@@ -373,7 +368,7 @@ def evaluate(
     router = Router(edge, cloud, settings)
     models: dict[str, Predict] = {
         "edge": edge.predict,
-        "cloud": _cloud_predict(cloud),
+        "cloud": lambda texts: cloud_labels(cloud, texts),
         "system": lambda texts: [d.label for d in router.route(texts)],
     }
     outcomes = run_suite(models, base, build_checks(base, edge.labels, cases, seed))

@@ -21,6 +21,7 @@ accuracy of every grid threshold at once (Clopper-Pearson at ``delta / len(grid)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -207,11 +208,15 @@ class Calibration:
     router_json: Path
 
 
+def cloud_labels(cloud: CloudBackend, texts: Sequence[str]) -> list[str | None]:
+    """The cloud model's label for each text, seen masked as in production; None where it failed
+    on the text (an LLM's refusal)."""
+    return [a.label if a is not None else None for a in cloud.classify([mask(t) for t in texts])]
+
+
 def cloud_correct(cloud: CloudBackend, texts: list[str], labels: list[str]) -> np.ndarray:
-    """Whether the cloud model is right on each text, seeing it masked as it would in production."""
-    answers = cloud.classify([mask(t) for t in texts])
-    # A text the cloud failed on (an LLM's refusal) counts as the cloud being wrong.
-    return np.array([a is not None and a.label == y for a, y in zip(answers, labels, strict=True)])
+    """Whether the cloud model is right on each text; a refusal counts as wrong."""
+    return np.array([a == y for a, y in zip(cloud_labels(cloud, texts), labels, strict=True)])
 
 
 def calibrate(
