@@ -20,6 +20,7 @@ from typing import Any
 from edgeroute import privacy
 from edgeroute.cloud import CircuitBreaker, CloudBackend, GuardedCloud, LocalCloud, remote_cloud
 from edgeroute.config import ServeConfig
+from edgeroute.drift import Profile
 from edgeroute.files import atomic_directory
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from edgeroute.router import Router, RouterSettings
@@ -31,6 +32,7 @@ EDGE_MODEL = "edge/model.onnx"
 CLOUD_MODEL = "cloud/model.onnx"
 TOKENIZER = "tokenizer.json"
 ROUTER = "router.json"
+PROFILE = "profile.json"  # the reference profile of the training inputs (`edgeroute.drift`)
 MAX_LENGTH = 512  # the longest token sequence a bundle may ask for (BERT-style position tables)
 
 
@@ -177,6 +179,16 @@ class Bundle:
         except ValueError as exc:
             raise BundleError(str(exc)) from None
 
+    def profile(self) -> Profile | None:
+        """``profile.json``, or None for a bundle written without one (drift is then not measured)."""
+        if not self.has(PROFILE):
+            return None
+        self.verify(PROFILE)
+        try:
+            return Profile.from_dict(json.loads((self.path / PROFILE).read_text(encoding="utf-8")))
+        except ValueError as exc:  # JSONDecodeError included
+            raise BundleError(f"{self.path}: {PROFILE}: {exc}") from None
+
     def router(self, cloud: CloudBackend | None = None, *, threads: int = 1, batch_size: int = 32) -> Router:
         """The edge model routed with this bundle's settings; the cloud defaults to its FP32 model."""
         if cloud is None and self.has(CLOUD_MODEL):
@@ -240,6 +252,7 @@ def load_bundle(path: Path, *, lazy: bool = False) -> Bundle:
     if not lazy:
         bundle.verify(*manifest["files"])
     bundle.router_settings()  # an invalid router.json is refused on load, not at the first query
+    bundle.profile()
     return bundle
 
 

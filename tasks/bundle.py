@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 from prefect import task
@@ -12,12 +13,16 @@ from edgeroute.bundle import (
     CLOUD_MODEL,
     EDGE_MODEL,
     MANIFEST,
+    PROFILE,
     ROUTER,
     TOKENIZER,
     Bundle,
     derive_bundle,
     write_bundle,
 )
+from edgeroute.drift import reference_profile
+from edgeroute.model import OnnxClassifier, load_tokenizer
+from edgeroute.router import Router, RouterSettings
 from edgeroute.signing import SIGNATURE
 from tasks.behaviour import BehaviourReport
 from tasks.calibrate import Calibration
@@ -43,6 +48,17 @@ def bundle_files(compressed: Compressed, decision: GateDecision, calibration: Ca
     if fp32.tokenizer.read_bytes() != decision.edge.tokenizer.read_bytes():
         files[f"cloud/{TOKENIZER}"] = fp32.tokenizer
     return files
+
+
+def input_profile(
+    config: PipelineConfig, data: PreparedData, decision: GateDecision, calibration: Calibration
+) -> str:
+    """The reference profile (`edgeroute.drift`) of the validation messages as the gated edge
+    model, with the calibrated temperature, sees them: what the service measures drift against."""
+    tokenizer = load_tokenizer(decision.edge.tokenizer, config.model.max_length)
+    edge = OnnxClassifier(decision.edge.model, tokenizer, data.labels)
+    router = Router(edge, None, RouterSettings.load(calibration.router_json))
+    return reference_profile(router, data.frame("validation")["text"].tolist()).to_json()
 
 
 @task(name="bundle")
@@ -92,14 +108,17 @@ def bundle_model(
             "distill_alpha": record["alpha"],
             "distill_temperature": record["temperature"],
         }
-    write_bundle(
-        destination,
-        bundle_files(compressed, decision, calibration),
-        labels=data.labels,
-        max_length=config.model.max_length,
-        metrics=metrics,
-        lineage=lineage,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        profile = Path(scratch) / PROFILE
+        profile.write_text(input_profile(config, data, decision, calibration), encoding="utf-8")
+        write_bundle(
+            destination,
+            bundle_files(compressed, decision, calibration) | {PROFILE: profile},
+            labels=data.labels,
+            max_length=config.model.max_length,
+            metrics=metrics,
+            lineage=lineage,
+        )
     _log_bundle(run_id, destination)
     # The bundle holds copies of what passed; the intermediate graphs of this run can go.
     shutil.rmtree(compressed.directory, ignore_errors=True)

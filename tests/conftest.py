@@ -110,18 +110,32 @@ def tiny_calibration(tmp_path_factory, tiny_prepared, tiny_compressed):
     return calibrate(edge, cloud, data.frame("calibration"), config.router, directory)
 
 
+PROFILE_SEED = 7
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_prepared, tiny_compressed, tiny_calibration) -> Path:
-    """A calibrated bundle of the tiny model: INT8 edge, FP32 cloud, router.json."""
-    from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, write_bundle
+    """A calibrated bundle of the tiny model: INT8 edge, FP32 cloud, router.json, and a reference
+    profile of 1,000 generated messages (the tiny validation split is too small to profile)."""
+    from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, PROFILE, ROUTER, TOKENIZER, write_bundle
+    from edgeroute.drift import reference_profile
+    from edgeroute.router import Router, RouterSettings
+    from tasks.calibrate import edge_and_cloud
+    from tasks.support.synthetic import generate
 
-    _, data = tiny_prepared
+    config, data = tiny_prepared
     int8, fp32 = tiny_compressed.variants["int8"], tiny_compressed.variants["fp32"]
+    edge, _ = edge_and_cloud(int8, fp32, data.labels, config.model.max_length)
+    router = Router(edge, None, RouterSettings.load(tiny_calibration.router_json))
+    profile = tmp_path_factory.mktemp("profile") / PROFILE
+    reference = [row["text"] for row in generate(1000, seed=PROFILE_SEED)]
+    profile.write_text(reference_profile(router, reference).to_json())
     files = {
         EDGE_MODEL: int8.model,
         CLOUD_MODEL: fp32.model,
         TOKENIZER: int8.tokenizer,
         ROUTER: tiny_calibration.router_json,
+        PROFILE: profile,
     }
     return write_bundle(
         tmp_path_factory.mktemp("bundles") / "tiny",

@@ -23,7 +23,7 @@ from tasks.behaviour import BehaviourFailed
 from tasks.compress import op_counts
 from tasks.data import DataValidationError
 from tasks.gate import GateFailed
-from tasks.support.dataset import SPLITS
+from tasks.support.dataset import SPLITS, PreparedData
 from tasks.support.synthetic import generate
 from tests.services import OpenAIStandIn, task_states
 
@@ -103,6 +103,10 @@ def test_flow_tracks_config_data_and_datasets(tmp_path, mlflow_uri):
     assert settings.calibration["target"] == "max_edge_share_within"
     assert bundle.manifest["metrics"]["router"]["test_accuracy"] == calibrate.data.metrics["test_accuracy"]
     assert bundle.manifest["lineage"]["mlflow_run_id"] == parent.info.run_id
+    profile = bundle.profile()  # the reference drift is measured against: the validation split
+    validation = PreparedData.load(Path(bundle.manifest["lineage"]["data_dir"])).frame("validation")
+    assert profile is not None and profile.samples == len(validation)
+    assert profile.labels == bundle.labels and sum(profile.shares["length"]) == pytest.approx(1)
     lineage = bundle.manifest["lineage"]
     assert lineage["edge_model"] == "student" and lineage["student_layers"] == 1
     assert lineage["student_kept_layers"] == [0] and lineage["teacher_base_model"] == "tiny"
