@@ -36,6 +36,18 @@ CREATE TABLE IF NOT EXISTS {name} (
     text_hash TEXT NOT NULL
 );
 """
+# Added since: what the monitor's window is rebuilt from at start (NULL in rows from before).
+_MONITORED = {
+    "latency_ms": "REAL",
+    "text_chars": "INTEGER",
+    "unfamiliar_share": "REAL",
+    "edge_confidence": "REAL",
+    "edge_label": "TEXT",
+}
+_COLUMNS = (
+    "request_id", "time", "model_version", "route", "reason", "label", "confidence", "complexity",
+    "cost", "text_hash", *_MONITORED,
+)  # fmt: skip
 _SCHEMA = (
     _DECISIONS.format(name="decisions")
     + """
@@ -98,6 +110,10 @@ class AuditLog:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
         self._allow_no_confidence()
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
+        for column, kind in _MONITORED.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
         for table in ("decisions", "feedback"):
             for action in ("UPDATE", "DELETE"):
                 self._db.execute(_APPEND_ONLY.format(table=table, action=action))
@@ -113,7 +129,7 @@ class AuditLog:
             "BEGIN;"
             + "".join(f"DROP TRIGGER IF EXISTS decisions_no_{action};" for action in ("UPDATE", "DELETE"))
             + _DECISIONS.format(name="decisions_nullable")
-            + "INSERT INTO decisions_nullable SELECT * FROM decisions;"
+            + f"INSERT INTO decisions_nullable SELECT {', '.join(_COLUMNS[:10])} FROM decisions;"
             "DROP TABLE decisions;"
             "ALTER TABLE decisions_nullable RENAME TO decisions;"
             "COMMIT;"
@@ -125,15 +141,20 @@ class AuditLog:
 
     def record(self, rows: Iterable[dict]) -> None:
         """Decisions, each with request_id, model_version, route, reason, label, confidence,
-        complexity, cost and the text (hashed here, never stored)."""
+        complexity, cost and the text (hashed here, never stored; its length is kept), and
+        optionally time and the monitored values (latency_ms, unfamiliar_share, edge_confidence,
+        edge_label)."""
         now = time.time()
         values = [
-            (r["request_id"], now, r["model_version"], r["route"], r["reason"], r["label"],
-             r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]))
+            (r["request_id"], r.get("time", now), r["model_version"], r["route"], r["reason"], r["label"],
+             r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]),
+             r.get("latency_ms"), len(r["text"]), r.get("unfamiliar_share"), r.get("edge_confidence"),
+             r.get("edge_label"))
             for r in rows
         ]  # fmt: skip
+        insert = f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
         with self._lock:
-            self._db.executemany("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            self._db.executemany(insert, values)
 
     def feedback(self, request_id: str, true_label: str) -> bool:
         """Record the true label of a request, once: True when recorded, False when the same label
@@ -161,6 +182,20 @@ class AuditLog:
             row = cursor.fetchone()
             names = [c[0] for c in cursor.description]
         return dict(zip(names, row, strict=True)) if row else None
+
+    def recent(self, since: float, limit: int) -> list[dict]:
+        """The decisions from ``since`` on, the newest ``limit`` of them, oldest first, each with
+        the first feedback label it got (``true_label``, None without)."""
+        query = (
+            f"SELECT {', '.join(f'd.{c}' for c in _COLUMNS)}, (SELECT true_label FROM feedback f "
+            "WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) AS true_label "
+            "FROM decisions d WHERE d.time >= ? ORDER BY d.time DESC LIMIT ?"
+        )
+        with self._lock:
+            cursor = self._db.execute(query, (since, limit))
+            names = [c[0] for c in cursor.description]
+            rows = cursor.fetchall()
+        return [dict(zip(names, row, strict=True)) for row in reversed(rows)]
 
     def close(self) -> None:
         with self._lock:

@@ -128,18 +128,23 @@ def serve_config(
         raise fail(str(exc), 2) from None
 
 
+def _model_plugin(model: str):
+    """The installed plugin that resolves model URIs; exit 2 naming what to install without one."""
+    found = [p for p in plugins().loaded.values() if p.resolve_model is not None]
+    if not found:
+        advice = "; ".join(m.advice() for m in plugins().missing) or "no installed part resolves model URIs"
+        raise fail(f"--model {model}: registered models need the training side: {advice}", 2)
+    return found[0]
+
+
 def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | None]:
     """The bundle directory, fetched by a plugin for ``--model``; and its registry version."""
     if (bundle is None) == (model is None):
         raise fail("give a bundle: --bundle DIR or --model models:/<name>@<alias>", 2)
     if model is None:
         return bundle, None
-    resolvers = [p.resolve_model for p in plugins().loaded.values() if p.resolve_model is not None]
-    if not resolvers:
-        advice = "; ".join(m.advice() for m in plugins().missing) or "no installed part resolves model URIs"
-        raise fail(f"--model {model}: registered models need the training side: {advice}", 2)
     try:
-        return resolvers[0](model)
+        return _model_plugin(model).resolve_model(model)
     except PluginError as exc:
         raise fail(f"--model {model}: {exc}", 2) from None
 
@@ -321,7 +326,31 @@ def _read_messages(
 @app.command()
 def serve(
     bundle: BundleOption = None,
-    model: ModelOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="A registered bundle: models:/<name>@<alias>, followed as the alias moves."
+        ),
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(help="A second model answering --canary-share of the requests: models:/… or a bundle."),
+    ] = None,
+    canary_share: Annotated[
+        float | None, typer.Option(min=0, max=1, help="Share of requests the canary answers (canary_share).")
+    ] = None,
+    refresh_s: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Seconds between looks at the registry aliases served; 0: never (refresh_s)."
+        ),
+    ] = None,
+    window: Annotated[
+        float | None,
+        typer.Option(
+            min=1, help="Seconds of traffic the health report covers, rebuilt at start (monitor.window_s)."
+        ),
+    ] = None,
     config: ServeConfigOption = None,
     overrides: Overrides = None,
     role: Annotated[
@@ -338,39 +367,88 @@ def serve(
 ) -> None:
     """Serve the router over HTTP; settings from --config, then --set, then the options here.
 
-    Fields and defaults: edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
+    With --model models:/<name>@<alias> (and --canary), the service looks at the alias every
+    --refresh-s and swaps a new version in without dropping a request. Fields and defaults:
+    edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
     """
     import os
 
     import uvicorn
 
     from edgeroute.audit import AuditError, AuditLog
-    from edgeroute.bundle import BundleError, edge_cloud_router, load_bundle
+    from edgeroute.bundle import BundleError
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
     from edgeroute.privacy import PrivacyError
-    from edgeroute.server import create_app, model_version
+    from edgeroute.releases import Follower, Releases, open_release
+    from edgeroute.server import create_app
 
-    shortcuts = {"role": role, "host": host, "port": port, "audit": audit}
+    shortcuts = {"role": role, "host": host, "port": port, "audit": audit, "refresh_s": refresh_s,
+                 "canary_share": canary_share, "monitor.window_s": window}  # fmt: skip
     shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
     serving = serve_config(config, overrides, shortcuts, no_cache=no_cache)
-    path, registered = resolve_bundle(bundle, model)
+    sources = {"champion": model, "canary": canary}
+    located = {
+        "champion": resolve_bundle(bundle, model),
+        "canary": _canary_bundle(canary) if canary is not None else None,
+    }
     breaker = CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
+
+    def build(path: Path, registered: str | None, *, lazy: bool = False):
+        return open_release(path, registered, serving, breaker, lazy=lazy)
+
     try:  # each file's checksum when it is first read: only what this service loads
-        loaded = load_bundle(path, lazy=True)
-        router = edge_cloud_router(loaded, serving, breaker)
+        loaded = {slot: build(*where, lazy=True) for slot, where in located.items() if where is not None}
         audit_log = AuditLog(serving.audit)
     except (BundleError, AuditError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
-    version = model_version(loaded, registered)
+    releases = Releases(loaded["champion"], loaded.get("canary"), serving.canary_share if canary else 0.0)
+    followers = [
+        Follower(
+            uri,
+            slot,
+            releases,
+            refresh_s=serving.refresh_s,
+            lookup=_lookup(uri),
+            fetch=lambda pinned: _model_plugin(pinned).resolve_model(pinned)[0],
+            build=build,
+        )
+        for slot, uri in sources.items()
+        if uri is not None and uri.startswith("models:/") and "@" in uri and serving.refresh_s > 0
+    ]
     app = create_app(
-        router, audit_log, Monitor(serving.monitor, router.settings.costs), serving,
-        model_version=version, api_key=os.environ.get(serving.api_key_env) or None,
+        releases, audit_log, Monitor(serving.monitor, releases.champion.router.settings.costs), serving,
+        api_key=os.environ.get(serving.api_key_env) or None, followers=followers,
     )  # fmt: skip
-    typer.echo(f"edgeroute {serving.role} service, model {version}, on http://{serving.host}:{serving.port}")
+    versions = releases.champion.version + (
+        f", canary {releases.canary.version} at {releases.canary_share:.0%}" if releases.canary else ""
+    )
+    following = (
+        f", following {', '.join(f.uri for f in followers)} every {serving.refresh_s:g} s"
+        if followers
+        else ""
+    )
+    typer.echo(
+        f"edgeroute {serving.role} service, model {versions}{following}, on http://{serving.host}:{serving.port}"
+    )
     limits = serving.limits
     uvicorn.run(
         app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
         http=protocol(limits.read_timeout_s), limit_concurrency=limits.max_connections,
     )  # fmt: skip
+
+
+def _canary_bundle(canary: str) -> tuple[Path, str | None]:
+    """``--canary``: a model URI resolved as ``--model`` is, or a bundle directory."""
+    return (
+        resolve_bundle(None, canary) if canary.startswith("models:/") else resolve_bundle(Path(canary), None)
+    )
+
+
+def _lookup(uri: str):
+    """Which version the alias of ``uri`` names now, by the plugin that resolves it."""
+    plugin = _model_plugin(uri)
+    if plugin.lookup_model is None:
+        raise fail(f"{uri}: the installed plugin cannot follow an alias", 2)
+    return plugin.lookup_model

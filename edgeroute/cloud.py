@@ -213,24 +213,37 @@ class CircuitBreaker:
 
 
 class GuardedCloud:
-    """A backend behind a circuit breaker."""
+    """A backend behind a circuit breaker; ``observe(seconds, outcome)``, when set, is told how
+    long each call took and whether it was ``answered`` or ``failed``."""
 
-    def __init__(self, backend: CloudBackend, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        backend: CloudBackend,
+        breaker: CircuitBreaker,
+        observe: Callable[[float, str], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.breaker = breaker
         self.name = backend.name
+        self.observe = observe
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         if not self.breaker.allow():
             raise CloudUnavailable(f"circuit open after {self.breaker.failures} failures")
+        began = time.perf_counter()
+        outcome = "failed"
         try:
             answers = self.backend.classify(texts)
+            outcome = "answered"
         except CloudRequestError:
             self.breaker.record(True)  # the cloud answered: the request was at fault
             raise
         except Exception:
             self.breaker.record(False)
             raise
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - began, outcome)
         self.breaker.record(True)
         return answers
 

@@ -243,6 +243,12 @@ class Thresholds(Frozen):
     min_accuracy: float = Field(0.85, ge=0, le=1, description="from feedback")
     max_cost_per_query: float = Field(0.01, ge=0, description="dollars")
     max_p95_latency_ms: float = Field(150.0, gt=0)
+    max_drift_psi: float = Field(
+        0.25,
+        gt=0,
+        description="input drift (PSI of a feature against the bundle's profile) past which it alerts",
+    )
+    min_drift_samples: int = Field(200, ge=1, description="requests in the window before drift is judged")
     window_s: float = Field(3600.0, gt=0)
     max_events: int = Field(100_000, ge=1)
     trend_buckets: int = Field(6, ge=2)
@@ -263,6 +269,10 @@ class ServeConfig(Frozen):
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="answer on the edge from this confidence up (None: the bundle's)"
     )
+    refresh_s: float = Field(
+        60.0, ge=0, description="seconds between looks at the registry alias served (0: never look again)"
+    )
+    canary_share: float = Field(0.05, ge=0, le=1, description="share of requests the canary answers")
     limits: LimitsConfig = LimitsConfig()
     batching: BatchingConfig = BatchingConfig()
     cloud: CloudConfig = CloudConfig()

@@ -1,10 +1,13 @@
 """Live health of the router: rolling metrics, alerts, a health score, trends, recommendations.
 
-Every routed request is recorded with its time, route, cost, latency and complexity; feedback
-(the true label of a request) adds accuracy. `Monitor.report()` computes, over the rolling
-window, the metrics of DESIGN §1, the alerts that fire at their thresholds, the health score
-and its status, a trend per metric (linear fit over equal time buckets of the window) and
-plain-language recommendations.
+Every routed request is recorded with its time, the model version that answered, route, cost,
+latency, complexity and the inputs drift is measured on; feedback (the true label of a request)
+adds accuracy. `Monitor.report()` computes, over the rolling window, the metrics of DESIGN §1
+(overall and per model version: a canary serves two), input drift against the served model's
+reference profile (`edgeroute.drift`), the alerts that fire at their thresholds, the health
+score and its status, a trend per metric (linear fit over equal time buckets of the window) and
+plain-language recommendations. `Monitor.restore` refills the window from the audit trail, so a
+restart does not reset it.
 """
 
 from __future__ import annotations
@@ -20,20 +23,44 @@ from typing import Any
 import numpy as np
 
 from edgeroute.config import Thresholds
+from edgeroute.drift import NUMERIC, Profile
 from edgeroute.router import Costs
 
 DAYS_PER_MONTH = 30
 
 
 @dataclass
-class _Event:
+class Observation:
+    """One routed request as the monitor keeps it (and the audit trail stores it, text aside)."""
+
     request_id: str
     time: float
-    edge: bool
+    model_version: str
+    route: str
+    label: str
     cost: float
-    latency_ms: float
+    latency_ms: float | None  # None: restored from a trail written before it was kept
     complexity: float
+    length: int | None
+    unfamiliar_share: float | None
+    edge_confidence: float | None
+    edge_label: str | None
     correct: bool | None = None
+
+    @classmethod
+    def from_audit(cls, row: dict[str, Any]) -> Observation:
+        """A decision as `edgeroute.audit.AuditLog.recent` reads it back, its feedback judged."""
+        names = cls.__dataclass_fields__.keys() - {"length", "correct"}
+        true_label = row["true_label"]
+        return cls(
+            **{name: row[name] for name in names},
+            length=row["text_chars"],
+            correct=None if true_label is None else row["label"] == true_label,
+        )
+
+    @property
+    def edge(self) -> bool:
+        return self.route == "edge"
 
 
 # Direction in which each metric gets better, for trends.
@@ -77,16 +104,17 @@ def trend(values: Iterable[float | None], better_when: int, tolerance: float) ->
     return "improving" if slope > 0 else "declining"
 
 
-def _metrics(events: list[_Event]) -> dict[str, float | None]:
+def _metrics(events: list[Observation]) -> dict[str, float | None]:
     if not events:
         return {"requests": 0, "edge_share": None, "cost_per_query": None, "p95_latency_ms": None,
                 "avg_complexity": None, "accuracy": None, "labelled": 0}  # fmt: skip
     labelled = [e.correct for e in events if e.correct is not None]
+    timed = [e.latency_ms for e in events if e.latency_ms is not None]
     return {
         "requests": len(events),
         "edge_share": sum(e.edge for e in events) / len(events),
         "cost_per_query": sum(e.cost for e in events) / len(events),
-        "p95_latency_ms": float(np.percentile([e.latency_ms for e in events], 95)),
+        "p95_latency_ms": float(np.percentile(timed, 95)) if timed else None,
         "avg_complexity": sum(e.complexity for e in events) / len(events),
         "accuracy": sum(labelled) / len(labelled) if labelled else None,
         "labelled": len(labelled),
@@ -106,19 +134,31 @@ class Monitor:
         self.costs = costs or Costs()
         self.clock = clock
         self.started = clock()
-        self._events: deque[_Event] = deque(maxlen=self.thresholds.max_events)
-        self._by_request: dict[str, tuple[_Event, str]] = {}
+        self._events: deque[Observation] = deque(maxlen=self.thresholds.max_events)
+        self._by_request: dict[str, Observation] = {}
         self._lock = threading.Lock()
+        self.served: tuple[str, Profile | None] = ("", None)
 
-    def record(
-        self, request_id: str, route: str, cost: float, latency_ms: float, complexity: float, label: str
-    ) -> None:
-        event = _Event(request_id, self.clock(), route == "edge", cost, latency_ms, complexity)
+    def serve(self, version: str, profile: Profile | None) -> None:
+        """The version now served (the champion) and its reference profile: drift is its traffic's."""
+        self.served = (version, profile)
+
+    def record(self, observation: Observation) -> None:
         with self._lock:
             if len(self._events) == self._events.maxlen:
                 self._by_request.pop(self._events[0].request_id, None)
-            self._events.append(event)
-            self._by_request[request_id] = (event, label)
+            self._events.append(observation)
+            self._by_request[observation.request_id] = observation
+
+    def restore(self, observations: Iterable[Observation]) -> int:
+        """Refill the window with earlier observations (oldest first): how many were in it."""
+        start = self.clock() - self.thresholds.window_s
+        kept = [o for o in observations if o.time >= start]
+        for observation in kept:
+            self.record(observation)
+        if kept:
+            self.started = min(self.started, kept[0].time)
+        return len(kept)
 
     def feedback(self, request_id: str, true_label: str) -> bool | None:
         """Mark a request right or wrong; None when the request is unknown (or left the window)."""
@@ -126,13 +166,31 @@ class Monitor:
             known = self._by_request.get(request_id)
             if known is None:
                 return None
-            event, predicted = known
-            event.correct = predicted == true_label
-            return event.correct
+            known.correct = known.label == true_label
+            return known.correct
 
-    def _window(self, now: float) -> list[_Event]:
+    def _window(self, now: float) -> list[Observation]:
         start = now - self.thresholds.window_s
         return [e for e in self._events if e.time >= start]
+
+    def drift(self, events: list[Observation]) -> dict[str, Any] | None:
+        """PSI of the served version's traffic in the window against its profile; None without a
+        profile, or with fewer than ``min_drift_samples`` requests to judge by."""
+        version, profile = self.served
+        if profile is None:
+            return None
+        own = [e for e in events if e.model_version == version and e.edge_label is not None]
+        if len(own) < self.thresholds.min_drift_samples:
+            return None
+        values = {name: [getattr(e, name) for e in own] for name in NUMERIC}
+        features = profile.drift(values, [e.edge_label for e in own])
+        return {
+            "method": "psi",
+            "features": {name: round(value, 4) for name, value in features.items()},
+            "max_psi": round(max(features.values()), 4),
+            "threshold": self.thresholds.max_drift_psi,
+            "samples": len(own),
+        }
 
     def report(self, extra_alerts: Iterable[str] = ()) -> dict[str, Any]:
         """The health report: metrics, alerts, score, status, trends, recommendations, cost."""
@@ -141,7 +199,8 @@ class Monitor:
         with self._lock:
             events = self._window(now)
         metrics = _metrics(events)
-        alerts = [*self._alerts(metrics), *extra_alerts]
+        drift = self.drift(events)
+        alerts = [*self._alerts(metrics), *drift_alerts(drift), *extra_alerts]
         score = health_score(metrics["edge_share"], metrics["accuracy"], len(alerts))
         span = max(min(now - self.started, settings.window_s), 1e-9)
         rate_per_day = len(events) / span * 86_400
@@ -151,6 +210,11 @@ class Monitor:
             "status": status(score),
             "window_s": settings.window_s,
             "metrics": metrics,
+            "versions": {
+                version: _metrics([e for e in events if e.model_version == version])
+                for version in sorted({e.model_version for e in events})
+            },
+            "drift": drift,
             "alerts": alerts,
             "trends": self._trends(events, now),
             "recommendations": recommendations(metrics, alerts),
@@ -176,7 +240,7 @@ class Monitor:
                 alerts.append(f"{name} {value:.4g} {'below' if at_least else 'above'} {limit:g}")
         return alerts
 
-    def _trends(self, events: list[_Event], now: float) -> dict[str, str]:
+    def _trends(self, events: list[Observation], now: float) -> dict[str, str]:
         buckets = self.thresholds.trend_buckets
         start = now - self.thresholds.window_s
         edges = np.linspace(start, now, buckets + 1)
@@ -185,6 +249,17 @@ class Monitor:
             name: trend((m[name] for m in per_bucket), better, self.thresholds.trend_tolerance)
             for name, better in _BETTER_WHEN.items()
         }
+
+
+def drift_alerts(drift: dict[str, Any] | None) -> list[str]:
+    """``drift psi … above …`` for each feature past the threshold."""
+    if drift is None:
+        return []
+    return [
+        f"drift psi {value:.3g} above {drift['threshold']:g} ({name})"
+        for name, value in drift["features"].items()
+        if value > drift["threshold"]
+    ]
 
 
 def recommendations(metrics: dict[str, Any], alerts: list[str]) -> list[str]:
@@ -201,6 +276,11 @@ def recommendations(metrics: dict[str, Any], alerts: list[str]) -> list[str]:
         advice.append(
             "Accuracy from feedback is low: retrain on recent labelled messages "
             "(training-pipeline/on-demand) and check for new topics or labels."
+        )
+    if any(a.startswith("drift") for a in alerts):
+        advice.append(
+            "The inputs have drifted from what the model was trained on: label a sample of recent "
+            "messages and retrain on them (training-pipeline/on-demand)."
         )
     if any(a.startswith("cost_per_query") for a in alerts):
         advice.append("Cost per query is high: too many escalations; raise the edge share target.")

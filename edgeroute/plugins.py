@@ -26,11 +26,13 @@ class PluginError(RuntimeError):
 
 @dataclass(frozen=True)
 class Plugin:
-    """Commands added to ``edgeroute``, and how a model URI (``models:/…``) becomes a bundle
-    directory and the version it is (None: the plugin resolves no URIs)."""
+    """Commands added to ``edgeroute``, how a model URI (``models:/…``) becomes a bundle
+    directory and the version it is, and which version an alias URI names now (None: the plugin
+    resolves no URIs)."""
 
     commands: typer.Typer
     resolve_model: Callable[[str], tuple[Path, str | None]] | None = None
+    lookup_model: Callable[[str], str] | None = None
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,13 @@
 in-process, or a cloud-role service over HTTP behind a circuit breaker). ``cloud`` role: the
 bundle's FP32 model answers every query; an edge-role service calls it for escalations.
 
+The models answering are `edgeroute.releases.Releases`: a champion and an optional canary, each
+swapped atomically while requests are in flight (a `Follower` per registry alias does that).
+Every response, audit row and metric names the version that answered.
+
 Every decision goes to the audit trail (a keyed hash of the text, never the text) and to the
-monitor; logs carry request ids and counts, never message text.
+monitor, whose window is rebuilt from the trail at start; logs carry request ids and counts,
+never message text.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated
+from dataclasses import asdict
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,8 +36,12 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Enum,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -39,14 +49,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgeroute.audit import AuditLog, FeedbackConflict
 from edgeroute.batching import MicroBatcher
-from edgeroute.bundle import Bundle
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.config import ServeConfig
-from edgeroute.monitor import Monitor
+from edgeroute.monitor import Monitor, Observation
+from edgeroute.releases import Follower, Release, Releases, Slot
 from edgeroute.router import Decision, Router, unicode_problem
 
 logger = logging.getLogger("edgeroute.server")
-BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATES = ("closed", "half_open", "open")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
@@ -115,6 +125,7 @@ class ClassifyRequest(BaseModel):
 
 class Result(BaseModel):
     request_id: str
+    model_version: str = Field(description="the model that answered: the champion's, or the canary's")
     label: str
     confidence: float | None
     route: str
@@ -124,7 +135,7 @@ class Result(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    model_version: str
+    model_version: str = Field(description="the champion's version")
     results: list[Result]
 
 
@@ -134,33 +145,111 @@ class FeedbackRequest(BaseModel):
     label: str = Field(min_length=1, max_length=200)
 
 
-class CloudTier:
-    """The cloud role: the FP32 model answers everything, at the cloud's price."""
+class FeedbackResponse(BaseModel):
+    request_id: str
+    correct: bool | None = Field(description="whether the answer was right; None once it left the window")
+    recorded: bool = Field(description="False when the same label was already recorded")
 
-    def __init__(self, router: Router) -> None:
-        self.router = router
 
-    def route(self, texts: Sequence[str]) -> list[Decision]:
-        answers = self.router.cloud.classify(texts)
-        cost = self.router.settings.costs.cloud
-        return [
-            Decision(
-                label=a.label, confidence=a.confidence, route="cloud", reason="cloud_service", cost=cost,
-                complexity=0.0, unfamiliar_share=0.0, edge_label=a.label, edge_confidence=a.confidence,
-            )
-            for a in answers
-        ]  # fmt: skip
+class WindowMetrics(BaseModel):
+    requests: int
+    edge_share: float | None
+    cost_per_query: float | None
+    p95_latency_ms: float | None
+    avg_complexity: float | None
+    accuracy: float | None
+    labelled: int
+
+
+class Drift(BaseModel):
+    method: str = Field(description="psi: the population stability index of each feature")
+    features: dict[str, float]
+    max_psi: float
+    threshold: float
+    samples: int
+
+
+class CostEstimate(BaseModel):
+    requests_per_day: float
+    monthly_cost: float
+    monthly_cloud_only_cost: float
+
+
+class Canary(BaseModel):
+    model_version: str
+    share: float
+
+
+class HealthReport(BaseModel):
+    score: int
+    status: str
+    window_s: float
+    metrics: WindowMetrics
+    versions: dict[str, WindowMetrics] = Field(
+        description="the window's metrics of each version that answered"
+    )
+    drift: Drift | None = Field(description="None without a reference profile or enough requests")
+    alerts: list[str]
+    trends: dict[str, str]
+    recommendations: list[str]
+    cost_estimate: CostEstimate
+    thresholds: dict[str, float]
+    role: str
+    model_version: str = Field(description="the champion's version")
+    canary: Canary | None
+
+
+class Readiness(BaseModel):
+    status: str
+    role: str
+    model_version: str = Field(description="the champion's version")
+    canary: Canary | None
+    cloud: str | None = Field(description="the cloud circuit's state; None without a cloud tier")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Invalid(BaseModel):
+    detail: str | list[FieldProblem]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an operation, for its OpenAPI description."""
+    meaning = {
+        400: "the body is not readable as JSON",
+        401: "missing or wrong API key (header X-API-Key)",
+        404: "no such request in the audit trail",
+        409: "the request already has another feedback label",
+        413: "a text, the batch or the body is too large",
+        422: "a field is missing, of the wrong type or out of range",
+        504: "no answer within limits.timeout_s",
+    }
+    return {
+        code: {"model": Invalid if code == 422 else Problem, "description": meaning[code]}
+        for code in statuses
+    }
 
 
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own."""
+    """The service's Prometheus metrics, in a registry of its own, with the process collectors."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.decisions = Counter(
             "edgeroute_decisions",
-            "Routed queries by route and reason.",
-            ["route", "reason"],
+            "Routed queries by the model version that answered, route and reason.",
+            ["model_version", "route", "reason"],
             registry=self.registry,
         )
         self.cost = Counter(
@@ -172,19 +261,40 @@ class Metrics:
             registry=self.registry,
         )
         self.latency = Histogram(
-            "edgeroute_request_latency_seconds",
+            "edgeroute_request_duration_seconds",
             "Time to answer a classify request.",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=self.registry,
         )
-        self.edge_share = Gauge(
-            "edgeroute_edge_share", "Edge share over the monitor's window.", registry=self.registry
-        )
-        self.breaker = Gauge(
-            "edgeroute_cloud_breaker_state",
-            "Cloud circuit: 0 closed, 1 half-open, 2 open.",
+        self.cloud_latency = Histogram(
+            "edgeroute_cloud_request_duration_seconds",
+            "Time of one call to the cloud tier, by outcome (answered, failed).",
+            ["outcome"],
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
             registry=self.registry,
         )
+        self.edge_share = Gauge(
+            "edgeroute_edge_share_ratio",
+            "Share of the monitor's window answered on the edge, by model version.",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.accuracy = Gauge(
+            "edgeroute_feedback_accuracy_ratio",
+            "Accuracy from feedback over the monitor's window, by model version.",
+            ["model_version"],
+            registry=self.registry,
+        )
+        self.drift = Gauge(
+            "edgeroute_input_drift_psi",
+            "Population stability index of each input feature against the champion's profile.",
+            ["feature"],
+            registry=self.registry,
+        )
+        self.breaker = Enum(
+            "edgeroute_cloud_breaker_state", "The cloud circuit's state.", states=list(BREAKER_STATES),
+            registry=self.registry,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "edgeroute_batch_texts",
             "Texts per model call (micro-batches of concurrent requests).",
@@ -193,10 +303,34 @@ class Metrics:
         )
         self.feedback = Counter(
             "edgeroute_feedback",
-            "Feedback received, by whether the answer was right.",
-            ["correct"],
+            "Feedback received, by the model version that answered and whether it was right.",
+            ["model_version", "correct"],
             registry=self.registry,
         )
+        self.model_info = Gauge(
+            "edgeroute_model_info",
+            "1 for each model version the service answers with, by slot (champion, canary).",
+            ["slot", "version"],
+            registry=self.registry,
+        )
+
+    def show(self, report: dict[str, Any]) -> None:
+        """The window's figures of a health report as gauges (a version gone from it is dropped)."""
+        for gauge, name in ((self.edge_share, "edge_share"), (self.accuracy, "accuracy")):
+            gauge.clear()
+            for version, figures in report["versions"].items():
+                if figures[name] is not None:
+                    gauge.labels(version).set(figures[name])
+        self.drift.clear()
+        for feature, value in (report["drift"] or {}).get("features", {}).items():
+            self.drift.labels(feature).set(value)
+
+    def timed(self, release: Release) -> None:
+        """Cloud calls of ``release`` observed in the cloud latency histogram."""
+        if isinstance(release.router.cloud, GuardedCloud):
+            release.router.cloud.observe = lambda seconds, outcome: self.cloud_latency.labels(
+                outcome
+            ).observe(seconds)
 
 
 def _message(error: dict) -> str:
@@ -209,29 +343,46 @@ def breaker_of(router: Router) -> CircuitBreaker | None:
     return router.cloud.breaker if isinstance(router.cloud, GuardedCloud) else None
 
 
+def restore_window(monitor: Monitor, audit: AuditLog) -> int:
+    """The monitor's window refilled from the audit trail (at most its ``max_events``)."""
+    thresholds = monitor.thresholds
+    rows = audit.recent(monitor.clock() - thresholds.window_s, thresholds.max_events)
+    return monitor.restore(Observation.from_audit(row) for row in rows)
+
+
 def create_app(
-    router: Router,
+    releases: Releases,
     audit: AuditLog,
     monitor: Monitor,
     config: ServeConfig,
     *,
-    model_version: str,
     api_key: str | None = None,
+    followers: Sequence[Follower] = (),
 ) -> FastAPI:
-    """The service around a loaded router; nothing is loaded per request."""
-    tier = router if config.role == "edge" else CloudTier(router)
-    labels = set(router.labels)
+    """The service around loaded releases; nothing is loaded per request, and ``followers``
+    swap new versions in while it runs."""
     metrics = Metrics()
-    breaker = breaker_of(router)
+    breaker = breaker_of(releases.champion.router)
 
-    def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
-        # The header arrives decoded as Latin-1: its bytes again, as the middleware compares them.
-        if api_key is not None and not key_matches(key.encode("latin-1") if key else None, api_key):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+    def installed(slot: Slot, release: Release, old: Release | None) -> None:
+        if old is not None:
+            metrics.model_info.remove(slot, old.version)
+        metrics.model_info.labels(slot, release.version).set(1)
+        metrics.timed(release)
+        if slot == "champion":
+            monitor.serve(release.version, release.profile)
 
-    def route(texts: list[str]) -> list[Decision]:
+    releases.listeners.append(installed)
+    for slot in ("champion", "canary"):
+        if getattr(releases, slot) is not None:
+            installed(slot, getattr(releases, slot), None)
+    restored = restore_window(monitor, audit)
+    if restored:
+        logger.info("monitor window rebuilt from %d decisions of the audit trail", restored)
+
+    def route(texts: list[str], release: Release) -> list[Decision]:
         metrics.batch_size.observe(len(texts))
-        return tier.route(texts)
+        return release.route(texts)
 
     batcher = (
         MicroBatcher(
@@ -244,20 +395,46 @@ def create_app(
         else None
     )
 
-    async def decide(texts: list[str]) -> list[Decision]:
-        return await (batcher.submit(texts) if batcher else run_in_threadpool(route, texts))
+    async def decide(release: Release, texts: list[str]) -> list[Decision]:
+        return await (batcher.submit(texts, release) if batcher else run_in_threadpool(route, texts, release))
+
+    async def answer(texts: list[str], ids: list[str]) -> list[tuple[Release, Decision]]:
+        """Each text's answer, from the release its request id picks, in order."""
+        groups: dict[Release, list[int]] = {}
+        for i, release in enumerate(releases.pick(ids)):
+            groups.setdefault(release, []).append(i)
+        answers = await asyncio.gather(*(decide(r, [texts[i] for i in group]) for r, group in groups.items()))
+        answered: dict[int, tuple[Release, Decision]] = {}
+        for (release, group), decisions in zip(groups.items(), answers, strict=True):
+            answered |= {i: (release, d) for i, d in zip(group, decisions, strict=True)}
+        return [answered[i] for i in range(len(texts))]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(f.run(), name=f"edgeroute-follow-{f.slot}") for f in followers]
         yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if batcher is not None:
             await batcher.close()
+
+    def canary() -> Canary | None:
+        release = releases.canary
+        return None if release is None else Canary(model_version=release.version, share=releases.canary_share)
 
     # With a key, the API's description is behind it too: GET /openapi.json with the key; no
     # interactive pages, which a browser could not open with the header.
     keyed = {"docs_url": None, "redoc_url": None, "openapi_url": None} if api_key is not None else {}
-    app = FastAPI(title="edgeroute", version=model_version, lifespan=lifespan, **keyed)
+    app = FastAPI(title="edgeroute", version=releases.champion.version, lifespan=lifespan, **keyed)
+    app.state.releases = releases
     app.add_middleware(Gatekeeper, api_key=api_key, max_body_bytes=config.limits.max_body_bytes)
+
+    def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
+        # The header arrives decoded as Latin-1: its bytes again, as the middleware compares them.
+        if api_key is not None and not key_matches(key.encode("latin-1") if key else None, api_key):
+            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+
     if api_key is not None:
 
         @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
@@ -280,7 +457,12 @@ def create_app(
         errors = [{"loc": e["loc"], "msg": _message(e), "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(authorised)])
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        dependencies=[Depends(authorised)],
+        responses=_errors(400, 401, 413, 422, 504),
+    )
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         texts = body.all_texts()
         if not texts:
@@ -299,38 +481,60 @@ def create_app(
                 raise HTTPException(422, f"{where}: empty text")
             if problem := unicode_problem(text):
                 raise HTTPException(422, f"{where}: {problem}")
+        ids = [uuid.uuid4().hex for _ in texts]
+        champion = releases.champion.version
         start = time.perf_counter()
         try:
-            decisions = await asyncio.wait_for(decide(texts), config.limits.timeout_s)
+            answered = await asyncio.wait_for(answer(texts, ids), config.limits.timeout_s)
         except TimeoutError:
             raise HTTPException(504, f"no answer within {config.limits.timeout_s:g} s") from None
         elapsed = time.perf_counter() - start
+        now = time.time()
         results = [
             Result(
-                request_id=uuid.uuid4().hex,
-                **{k: getattr(d, k) for k in Result.model_fields if k != "request_id"},
+                request_id=request_id,
+                model_version=release.version,
+                **{k: getattr(d, k) for k in Result.model_fields if k not in ("request_id", "model_version")},
             )
-            for d in decisions
+            for request_id, (release, d) in zip(ids, answered, strict=True)
         ]
+        observations = [
+            Observation(
+                request_id=r.request_id, time=now, model_version=r.model_version, route=r.route,
+                label=r.label, cost=r.cost, latency_ms=elapsed * 1000, complexity=r.complexity,
+                length=len(text), unfamiliar_share=d.unfamiliar_share, edge_confidence=d.edge_confidence,
+                edge_label=d.edge_label,
+            )
+            for r, text, (_, d) in zip(results, texts, answered, strict=True)
+        ]  # fmt: skip
         audit.record(
-            r.model_dump() | {"model_version": model_version, "text": text}
-            for r, text in zip(results, texts, strict=True)
+            r.model_dump() | asdict(o) | {"text": text}
+            for r, o, text in zip(results, observations, texts, strict=True)
         )
-        for r in results:
-            monitor.record(r.request_id, r.route, r.cost, elapsed * 1000, r.complexity, r.label)
-            metrics.decisions.labels(r.route, r.reason).inc()
+        for r, observation in zip(results, observations, strict=True):
+            monitor.record(observation)
+            metrics.decisions.labels(r.model_version, r.route, r.reason).inc()
             metrics.cost.inc(r.cost)
             if r.reason == "cloud_error":
                 metrics.cloud_errors.inc()
         metrics.latency.observe(elapsed)
         logger.info("classified %d texts in %.1f ms (%s)", len(texts), elapsed * 1000, results[0].request_id)
-        return ClassifyResponse(model_version=model_version, results=results)
+        return ClassifyResponse(model_version=champion, results=results)
 
-    @app.post("/v1/feedback", dependencies=[Depends(authorised)])
-    async def feedback(body: FeedbackRequest) -> dict:
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        dependencies=[Depends(authorised)],
+        responses=_errors(400, 401, 404, 409, 413, 422),
+    )
+    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+        labels = {
+            label for r in (releases.champion, releases.canary) if r is not None for label in r.router.labels
+        }
         if body.label not in labels:
             raise HTTPException(422, f"label: {body.label!r} is not one of {sorted(labels)}")
-        if audit.decision(body.request_id) is None:
+        decision = audit.decision(body.request_id)
+        if decision is None:
             raise HTTPException(404, f"request_id: no decision {body.request_id!r} in the audit trail")
         try:
             recorded = audit.feedback(body.request_id, body.label)
@@ -338,38 +542,36 @@ def create_app(
             raise HTTPException(409, str(conflict)) from None
         correct = monitor.feedback(body.request_id, body.label)
         if correct is not None and recorded:
-            metrics.feedback.labels(str(correct).lower()).inc()
-        return {"request_id": body.request_id, "correct": correct, "recorded": recorded}
+            metrics.feedback.labels(decision["model_version"], str(correct).lower()).inc()
+        return FeedbackResponse(request_id=body.request_id, correct=correct, recorded=recorded)
 
-    @app.get("/v1/health", dependencies=[Depends(authorised)])
+    @app.get(
+        "/v1/health", response_model=HealthReport, dependencies=[Depends(authorised)], responses=_errors(401)
+    )
     async def health() -> dict:
         extra = [f"cloud circuit {breaker.state}"] if breaker and breaker.state != "closed" else []
-        return monitor.report(extra) | {"role": config.role, "model_version": model_version}
+        served = {"role": config.role, "model_version": releases.champion.version, "canary": canary()}
+        return monitor.report(extra) | served
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def prometheus() -> Response:
-        report = monitor.report()
-        metrics.edge_share.set(report["metrics"]["edge_share"] or 0.0)
+        metrics.show(monitor.report())
         if breaker is not None:
-            metrics.breaker.set(BREAKER_STATES[breaker.state])
+            metrics.breaker.state(breaker.state)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    async def healthz() -> dict:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz() -> dict:
-        return {
-            "status": "ready",
-            "role": config.role,
-            "model_version": model_version,
-            "cloud": None if breaker is None else breaker.state,
-        }
+    @app.get("/readyz", response_model=Readiness)
+    async def readyz() -> Readiness:
+        return Readiness(
+            status="ready",
+            role=config.role,
+            model_version=releases.champion.version,
+            canary=canary(),
+            cloud=None if breaker is None else breaker.state,
+        )
 
     return app
-
-
-def model_version(bundle: Bundle, registered: str | None = None) -> str:
-    """What the service reports as its model: the registry version, else the training run."""
-    return registered or str(bundle.manifest["lineage"].get("mlflow_run_id") or bundle.path.name)

@@ -22,10 +22,10 @@ import httpx
 import uvicorn
 
 from edgeroute.audit import AuditLog
-from edgeroute.bundle import edge_cloud_router, load_bundle
 from edgeroute.cloud import CircuitBreaker, LocalCloud
 from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
+from edgeroute.releases import Releases, open_release
 from edgeroute.server import create_app
 from tests.conftest import ROOT
 
@@ -98,11 +98,10 @@ def edge_service(
     """An edge service on ``bundle_path``; ``settings`` are ``--set`` overrides of the serve config."""
     url = [f"cloud.url={json.dumps(cloud_url)}"] if cloud_url else []
     config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *url, *settings])
-    bundle = load_bundle(bundle_path)
-    router = edge_cloud_router(bundle, config, breaker or CircuitBreaker())
+    release = open_release(bundle_path, "test/1", config, breaker or CircuitBreaker(), lazy=False)
     audit = AuditLog(tmp_path / "audit.db")
-    monitor = Monitor(config.monitor, router.settings.costs)
-    app = create_app(router, audit, monitor, config, model_version="test/1", api_key=api_key)
+    monitor = Monitor(config.monitor, release.router.settings.costs)
+    app = create_app(Releases(release), audit, monitor, config, api_key=api_key)
     return Service(app), audit
 
 
@@ -337,3 +336,40 @@ def task_states(flow_run_id) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}
+
+
+class MlflowServer:
+    """`mlflow server` on a free 127.0.0.1 port over one SQLite store, killed and started again."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: Process | None = None
+
+    def start(self) -> None:
+        self.process = Process(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            self.root / "server.log",
+        )  # fmt: skip
+        wait_until_healthy(self.url, self.process)
+
+    def kill(self) -> None:
+        """Gone at once, as in a crash: no graceful shutdown that lets requests finish."""
+        stop(self.process.popen)
+
+
+def wrong_label(label: str) -> str:
+    return next(other for other in ("negative", "neutral", "positive") if other != label)
+
+
+def degrade(url: str, count: int = 10) -> list[dict]:
+    """``count`` messages classified by the service at ``url``, each answer then told wrong."""
+    texts = [f"my order {i} never arrived and nobody answers" for i in range(count)]
+    results = httpx.post(f"{url}/v1/classify", json={"texts": texts}).json()["results"]
+    for result in results:
+        feedback = {"request_id": result["request_id"], "label": wrong_label(result["label"])}
+        assert httpx.post(f"{url}/v1/feedback", json=feedback).status_code == 200
+    return results

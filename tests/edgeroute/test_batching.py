@@ -18,12 +18,14 @@ class SlowModel:
         self.delay_s = delay_s
         self.fail_on = fail_on
         self.calls: list[list[str]] = []
+        self.keys: list[object] = []
         self.lock = threading.Lock()
         self.running = self.most_at_once = 0
 
-    def __call__(self, texts: list[str]) -> list[str]:
+    def __call__(self, texts: list[str], key: object = None) -> list[str]:
         with self.lock:
             self.calls.append(list(texts))
+            self.keys.append(key)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         time.sleep(self.delay_s)
@@ -69,6 +71,27 @@ def test_a_batch_holds_at_most_max_texts_but_never_splits_a_request():
     assert answers == [[text.upper() for text in texts] for texts in requests]
     # Two 3-text requests do not fit in 4: each goes alone; the 9-text one goes alone, whole.
     assert model.calls == [texts for texts in requests]
+
+
+def test_requests_for_different_models_never_share_a_batch():
+    model = SlowModel()
+
+    async def main():
+        batcher = MicroBatcher(model, max_texts=64)
+        first = asyncio.create_task(batcher.submit(["warm"], "champion"))
+        await asyncio.sleep(0.01)
+        keys = ["champion", "canary", "champion", "champion", "canary"]
+        answers = await asyncio.gather(first, *(batcher.submit([f"{k}-{i}"], k) for i, k in enumerate(keys)))
+        await batcher.close()
+        return answers
+
+    answers = run(main())
+    assert answers[1:] == [
+        [f"{k}-{i}".upper()] for i, k in enumerate(["champion", "canary", "champion", "champion", "canary"])
+    ]
+    for texts, key in zip(model.calls, model.keys, strict=True):
+        assert all(text.startswith(key) or text == "warm" for text in texts), (texts, key)
+    assert ["champion-2", "champion-3"] in model.calls, "same-model requests queued together still share"
 
 
 def test_a_failure_reaches_every_request_of_its_batch_and_the_next_batch_still_runs():

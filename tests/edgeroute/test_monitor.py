@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgeroute.config import Thresholds
-from edgeroute.monitor import Monitor, health_score, status, trend
+from edgeroute.drift import Profile
+from edgeroute.monitor import Monitor, Observation, health_score, status, trend
 from edgeroute.router import Costs
 
 
@@ -17,12 +18,28 @@ class Clock:
         return self.now
 
 
+def observed(
+    request_id: str,
+    when: float,
+    route: str = "edge",
+    *,
+    cost: float = 0.001,
+    latency: float = 5.0,
+    version: str = "m/1",
+    length: int = 40,
+    label: str = "positive",
+) -> Observation:
+    return Observation(
+        request_id, when, version, route, label, cost, latency, 0.3, length, 0.0, 0.95, label
+    )  # fmt: skip
+
+
 def feed(monitor: Monitor, clock: Clock, n: int, *, edge: float, cost: float = 0.001, latency: float = 5.0):
     """``n`` requests, the first ``edge`` share on the edge, one second apart."""
     for i in range(n):
         clock.now += 1
-        on_edge = i < round(edge * n)
-        monitor.record(f"r{clock.now}", "edge" if on_edge else "cloud", cost, latency, 0.3, "positive")
+        route = "edge" if i < round(edge * n) else "cloud"
+        monitor.record(observed(f"r{clock.now}", clock.now, route, cost=cost, latency=latency))
 
 
 @pytest.mark.parametrize(
@@ -65,7 +82,7 @@ def test_feedback_gives_accuracy_and_its_alert():
     monitor = Monitor(Thresholds(), Costs(), clock)
     for i in range(20):
         clock.now += 1
-        monitor.record(f"r{i}", "edge", 0.001, 3.0, 0.2, "positive")
+        monitor.record(observed(f"r{i}", clock.now))
     assert monitor.report()["metrics"]["accuracy"] is None
     for i in range(20):
         assert monitor.feedback(f"r{i}", "positive" if i < 16 else "negative") == (i < 16)
@@ -110,9 +127,34 @@ def test_the_cost_estimate_extrapolates_the_request_rate_to_a_month():
 
 
 def test_the_monitor_keeps_at_most_max_events():
-    monitor = Monitor(Thresholds(max_events=5), Costs(), Clock())
+    clock = Clock()
+    monitor = Monitor(Thresholds(max_events=5), Costs(), clock)
     for i in range(10):
-        monitor.record(f"r{i}", "edge", 0.001, 1.0, 0.1, "positive")
+        monitor.record(observed(f"r{i}", clock.now))
     assert monitor.report()["metrics"]["requests"] == 5
     assert monitor.feedback("r0", "positive") is None
     assert monitor.feedback("r9", "positive") is True
+
+
+def test_the_report_splits_by_version_and_judges_drift_on_the_champions_traffic():
+    clock = Clock()
+    monitor = Monitor(Thresholds(min_drift_samples=50), Costs(), clock)
+    reference = {"length": [20.0, 40.0, 60.0, 80.0] * 25, "unfamiliar_share": [0.0] * 100,
+                 "edge_confidence": [0.95] * 100}  # fmt: skip
+    monitor.serve("m/1", Profile.build(reference, ["positive"] * 100, ["negative", "positive"]))
+    for i in range(60):
+        clock.now += 1
+        monitor.record(observed(f"a{i}", clock.now, length=(20, 40, 60, 80)[i % 4]))
+        monitor.record(observed(f"b{i}", clock.now, "cloud", version="m/2", length=900))
+    report = monitor.report()
+    assert report["versions"]["m/1"]["requests"] == report["versions"]["m/2"]["requests"] == 60
+    assert report["versions"]["m/1"]["edge_share"] == 1.0 and report["versions"]["m/2"]["edge_share"] == 0.0
+    assert report["drift"]["samples"] == 60, "the canary's traffic is not the champion's profile's"
+    assert report["drift"]["max_psi"] < 0.05 and not any(a.startswith("drift") for a in report["alerts"])
+    for i in range(120):  # the champion's messages get much longer
+        clock.now += 1
+        monitor.record(observed(f"c{i}", clock.now, length=900))
+    report = monitor.report()
+    assert report["drift"]["features"]["length"] > 0.25
+    assert f"drift psi {report['drift']['features']['length']:.3g} above 0.25 (length)" in report["alerts"]
+    assert any("drifted" in advice for advice in report["recommendations"])

@@ -111,13 +111,15 @@ def test_the_audit_trail_holds_no_text_and_cannot_be_changed(service, tmp_path):
     result = httpx.post(f"{service.url}/v1/classify", json={"text": SECRET_TEXT}).json()["results"][0]
     database = tmp_path / "audit.db"
     with sqlite3.connect(database) as db:
-        row = db.execute("SELECT * FROM decisions WHERE request_id = ?", (result["request_id"],)).fetchone()
-        assert row is not None and row[3] == result["route"]
+        row = db.execute(
+            "SELECT route, text_hash, text_chars FROM decisions WHERE request_id = ?", (result["request_id"],)
+        ).fetchone()
+        assert row is not None and row[0] == result["route"] and row[2] == len(SECRET_TEXT)
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("UPDATE decisions SET route = 'edge'")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("DELETE FROM decisions")
-    assert row[-1] == AuditLog(database).text_hash(SECRET_TEXT)
+    assert row[1] == AuditLog(database).text_hash(SECRET_TEXT)
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("audit.db*") if not p.name.endswith(".key"))
     for fragment in (b"4111", b"ben.482", b"charged twice"):
         assert fragment not in stored
@@ -135,8 +137,12 @@ def test_prometheus_metrics_count_routes_and_reasons(service, texts):
         if line.startswith("edgeroute_decisions_total{") and 'route="edge"' in line
     ]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in edge_lines) == edge
-    assert "edgeroute_request_latency_seconds_bucket" in metrics
-    assert f"edgeroute_edge_share {edge / len(results)}" in metrics
+    assert all('model_version="test/1"' in line for line in edge_lines)
+    assert "edgeroute_request_duration_seconds_bucket" in metrics
+    assert f'edgeroute_edge_share_ratio{{model_version="test/1"}} {edge / len(results)}' in metrics
+    assert 'edgeroute_model_info{slot="champion",version="test/1"} 1.0' in metrics
+    # Prometheus' default collectors, as every Python exporter has them.
+    assert "process_resident_memory_bytes" in metrics and "python_info{" in metrics
 
 
 def test_a_cloud_service_stopped_mid_run_opens_the_breaker_which_closes_when_it_is_back(
@@ -158,7 +164,11 @@ def test_a_cloud_service_stopped_mid_run_opens_the_breaker_which_closes_when_it_
             assert {r["route"] for r in answered.json()["results"]} == {"edge"}
             assert "cloud_error" in {r["reason"] for r in answered.json()["results"]}
         assert httpx.get(f"{edge.url}/readyz").json()["cloud"] == "open"
-        assert "edgeroute_cloud_breaker_state 2.0" in httpx.get(f"{edge.url}/metrics").text
+        scraped = httpx.get(f"{edge.url}/metrics").text
+        assert 'edgeroute_cloud_breaker_state{edgeroute_cloud_breaker_state="open"} 1.0' in scraped
+        assert 'edgeroute_cloud_breaker_state{edgeroute_cloud_breaker_state="closed"} 0.0' in scraped
+        assert 'edgeroute_cloud_request_duration_seconds_count{outcome="answered"} 1.0' in scraped
+        assert 'edgeroute_cloud_request_duration_seconds_count{outcome="failed"}' in scraped
         assert "cloud circuit open" in httpx.get(f"{edge.url}/v1/health").json()["alerts"]
 
         cloud = cloud_process(escalating_bundle, port, tmp_path)

@@ -365,7 +365,7 @@ def test_item_18_feedback_is_one_label_per_request(tiny_bundle, tmp_path):
             rows = db.execute("SELECT true_label FROM feedback WHERE request_id = ?", (answer["request_id"],))
             assert rows.fetchall() == [(answer["label"],)]
         metrics = httpx.get(f"{running.url}/metrics").text
-        assert 'edgeroute_feedback_total{correct="true"} 1.0' in metrics
+        assert 'edgeroute_feedback_total{correct="true",model_version="test/1"} 1.0' in metrics
         assert httpx.get(f"{running.url}/v1/health").json()["metrics"]["accuracy"] == 1.0
     finally:
         running.stop()

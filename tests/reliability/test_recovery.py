@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-from tests.services import Process, free_port, stop, task_states, wait_until_healthy
+from tests.services import MlflowServer, Process, task_states
 
 BIN = Path(sys.executable).parent
 SMALL = [
@@ -34,29 +34,6 @@ SMALL = [
     "gate.min_macro_f1_retention=null",
     "gate.max_attempts=1",
 ]
-
-
-class MlflowServer:
-    """`mlflow server` on a free 127.0.0.1 port over one SQLite store, killed and started again."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: Process | None = None
-
-    def start(self) -> None:
-        self.process = Process(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            self.root / "server.log",
-        )  # fmt: skip
-        wait_until_healthy(self.url, self.process)
-
-    def kill(self) -> None:
-        """Gone at once, as in a crash: no graceful shutdown that lets requests finish."""
-        stop(self.process.popen)
 
 
 @pytest.fixture
