@@ -1,15 +1,18 @@
-"""Watch a running router: publish its health and trigger retraining when it stays unhealthy."""
+"""Watch a running router: publish its health and emit whether it is degraded, as a Prefect event.
+
+Retraining is not started here: the deployment trigger of training-pipeline/on-demand
+(prefect.yaml) runs it when the server has seen enough `edgeroute.router.degraded` events.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from edgeroute.config import load_serve_config
-from tasks.monitoring import RetrainPolicy, maybe_retrain, publish_health, read_health
+from tasks.monitoring import RetrainPolicy, emit_health_event, publish_health, read_health
 
 
 @flow(name="monitor")
@@ -17,27 +20,24 @@ def monitor_router(
     service_url: str = "http://127.0.0.1:8000",
     serve_config: str | None = None,
     overrides: list[str] | None = None,
-    sustained_checks: int = RetrainPolicy.sustained,
-    cooldown_hours: float = RetrainPolicy.cooldown_s / 3600,
-    retrain_deployment: str = "training-pipeline/on-demand",
-    retrain_parameters: dict[str, Any] | None = None,
     experiment: str = "edgeroute-monitoring",
 ) -> dict[str, Any]:
-    """One health check of ``service_url``; retraining when a breach lasts ``sustained_checks``.
+    """One health check of ``service_url``: published, and emitted as ``edgeroute.router.degraded``
+    or ``edgeroute.router.healthy``.
 
     The accuracy and edge-share floors are the service's own (``monitor`` of the serve config
-    ``serve_config`` with ``overrides``, as `edgeroute serve --config --set` takes them).
+    ``serve_config`` with ``overrides``, as `edgeroute serve --config --set` takes them); input
+    drift is judged against the threshold its report carries.
     """
     thresholds = load_serve_config(Path(serve_config) if serve_config else None, overrides).monitor
     report = read_health(service_url)
     publish_health(report, service_url, experiment)
-    policy = RetrainPolicy.from_thresholds(
-        thresholds, sustained=sustained_checks, cooldown_s=cooldown_hours * 3600
-    )
-    triggered = maybe_retrain(report, policy, retrain_deployment, retrain_parameters or {}, time.time())
+    event = emit_health_event(report, service_url, RetrainPolicy.from_thresholds(thresholds))
     return {
         "score": report["score"],
         "status": report["status"],
         "alerts": report["alerts"],
-        "retraining": triggered,
+        "breaches": event["breaches"],
+        "event": event["event"],
+        "event_id": event["id"],
     }

@@ -1,9 +1,11 @@
-"""Monitoring: read a service's health report, publish it, and decide whether to retrain.
+"""Monitoring: read a service's health report, publish it, and say whether it is degraded.
 
-Retraining is triggered when accuracy from feedback or the edge share stays below its
-threshold for ``sustained`` checks in a row, and not again within the cool-down. The state
-between checks (breaches in a row, last trigger) is a Prefect Variable, so it survives worker
-restarts and is visible in the UI.
+Every check emits a Prefect event about the service (resource ``edgeroute.service.<url>``):
+`DEGRADED` when the report breaches a retraining condition (`breaches`: accuracy from feedback
+or the edge share below its floor, or input drift past its threshold), `HEALTHY` otherwise,
+with the figures as payload. Whether and when to retrain is not decided here: the deployment
+trigger of ``training-pipeline/on-demand`` in prefect.yaml, an automation on the Prefect
+server, counts the degraded events and runs the deployment.
 """
 
 from __future__ import annotations
@@ -16,23 +18,24 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.variables import Variable
+from prefect.events import emit_event
 
 from edgeroute.config import Thresholds
+from edgeroute.monitor import drift_alerts
 from tasks.support import tracking
 
-STATE_VARIABLE = "edgeroute-monitor-state"
+DEGRADED = "edgeroute.router.degraded"
+HEALTHY = "edgeroute.router.healthy"
+RESOURCE_PREFIX = "edgeroute.service."
 
 
 @dataclass(frozen=True)
 class RetrainPolicy:
-    """Retrain below these accuracy and edge-share floors (the service's alert thresholds unless
-    given), after ``sustained`` breaching checks in a row, at most once per ``cooldown_s``."""
+    """The accuracy and edge-share floors below which a report is degraded (the service's alert
+    thresholds unless given). Drift is judged against the report's own threshold."""
 
     min_accuracy: float = Thresholds().min_accuracy
     min_edge_share: float = Thresholds().min_edge_share
-    sustained: int = 2
-    cooldown_s: float = 24 * 3600
 
     @classmethod
     def from_thresholds(cls, thresholds: Thresholds, **values: Any) -> RetrainPolicy:
@@ -47,42 +50,96 @@ def breaches(report: dict[str, Any], policy: RetrainPolicy) -> list[str]:
         found.append(f"accuracy {metrics['accuracy']:.3f} < {policy.min_accuracy:g}")
     if metrics["edge_share"] is not None and metrics["edge_share"] < policy.min_edge_share:
         found.append(f"edge share {metrics['edge_share']:.3f} < {policy.min_edge_share:g}")
-    return found
+    return found + drift_alerts(report.get("drift"))
 
 
-def decide(
-    state: dict[str, Any], found: list[str], now: float, policy: RetrainPolicy
-) -> tuple[dict, str | None]:
-    """The next state and, when retraining is due, why; None otherwise."""
-    in_a_row = state.get("breaches_in_a_row", 0) + 1 if found else 0
-    last = state.get("last_triggered")
-    state = {"breaches_in_a_row": in_a_row, "last_triggered": last}
-    if in_a_row < policy.sustained:
-        return state, None
-    if last is not None and now - last < policy.cooldown_s:
-        return state, None
-    return state | {"last_triggered": now, "breaches_in_a_row": 0}, "; ".join(found)
+def service_resource(url: str) -> dict[str, str]:
+    """The event resource of the service at ``url``: ``edgeroute.service.<url>``, named by its URL."""
+    url = url.rstrip("/")
+    return {"prefect.resource.id": f"{RESOURCE_PREFIX}{url}", "prefect.resource.name": url}
+
+
+def degradation_event(report: dict[str, Any], url: str, policy: RetrainPolicy) -> dict[str, Any]:
+    """The event of one check (`emit_event`'s ``event``, ``resource`` and ``payload``): `DEGRADED`
+    when the report breaches, `HEALTHY` otherwise, with the figures the decision was made on."""
+    metrics, drift = report["metrics"], report.get("drift") or {}
+    found = breaches(report, policy)
+    payload = {
+        "score": report["score"],
+        "status": report["status"],
+        "breaches": found,
+        "alerts": report["alerts"],
+        "accuracy": metrics["accuracy"],
+        "labelled": metrics["labelled"],
+        "min_accuracy": policy.min_accuracy,
+        "edge_share": metrics["edge_share"],
+        "min_edge_share": policy.min_edge_share,
+        "requests": metrics["requests"],
+        "drift_max_psi": drift.get("max_psi"),
+        "drift_psi": drift.get("features", {}),
+        "drift_threshold": drift.get("threshold"),
+        "model_version": report.get("model_version"),
+        "versions": sorted(report.get("versions") or {}),
+        "canary": report.get("canary"),
+    }
+    return {"event": DEGRADED if found else HEALTHY, "resource": service_resource(url), "payload": payload}
+
+
+def _show(value: float | None, pattern: str) -> str:
+    return "n/a" if value is None else pattern.format(value)
+
+
+def _versions_table(report: dict[str, Any]) -> str:
+    versions = report.get("versions") or {}
+    if not versions:
+        return ""
+    canary = (report.get("canary") or {}).get("model_version")
+    roles = {report.get("model_version"): " champion", canary: " canary"}
+    rows = "\n".join(
+        f"| `{version}`{roles.get(version, '')} | {m['requests']} | {_show(m['edge_share'], '{:.1%}')} "
+        f"| {_show(m['accuracy'], '{:.3f}')} ({m['labelled']} labelled) "
+        f"| {_show(m['cost_per_query'], '${:.5f}')} | {_show(m['p95_latency_ms'], '{:.1f} ms')} |"
+        for version, m in versions.items()
+    )
+    return f"""
+By model version:
+
+| version | requests | edge share | accuracy (feedback) | cost per query | p95 latency |
+|---|---|---|---|---|---|
+{rows}
+"""
+
+
+def _drift_line(report: dict[str, Any]) -> str:
+    drift = report.get("drift")
+    if not drift:
+        return ""
+    features = ", ".join(f"{name} {_show(psi, '{:.3f}')}" for name, psi in drift["features"].items())
+    return (
+        f"\nInput drift ({drift['method'].upper()} over {drift['samples']} requests, threshold "
+        f"{drift['threshold']:g}): max {_show(drift['max_psi'], '{:.3f}')}; {features}.\n"
+    )
 
 
 def to_markdown(report: dict[str, Any], url: str) -> str:
     metrics = report["metrics"]
-
-    def show(value: float | None, pattern: str) -> str:
-        return "n/a" if value is None else pattern.format(value)
-
     alerts = "\n".join(f"- {a}" for a in report["alerts"]) or "- none"
     advice = "\n".join(f"- {r}" for r in report["recommendations"])
     trends = ", ".join(f"{k} {v}" for k, v in report["trends"].items())
+    canary = report.get("canary")
+    serving = f"model `{report.get('model_version', '?')}`" + (
+        f", canary `{canary['model_version']}` on {canary['share']:.0%} of traffic" if canary else ""
+    )
     return f"""# Router health: {report["score"]}/100 ({report["status"]})
 
-Service `{url}`, model `{report.get("model_version", "?")}`, last {report["window_s"]:.0f} s.
+Service `{url}`, {serving}, last {report["window_s"]:.0f} s.
 
 | requests | edge share | accuracy (feedback) | cost per query | p95 latency | avg complexity |
 |---|---|---|---|---|---|
-| {metrics["requests"]} | {show(metrics["edge_share"], "{:.1%}")} | {show(metrics["accuracy"], "{:.3f}")} \
-| {show(metrics["cost_per_query"], "${:.5f}")} | {show(metrics["p95_latency_ms"], "{:.1f} ms")} \
-| {show(metrics["avg_complexity"], "{:.3f}")} |
-
+| {metrics["requests"]} | {_show(metrics["edge_share"], "{:.1%}")} | {_show(metrics["accuracy"], "{:.3f}")} \
+| {_show(metrics["cost_per_query"], "${:.5f}")} | {_show(metrics["p95_latency_ms"], "{:.1f} ms")} \
+| {_show(metrics["avg_complexity"], "{:.3f}")} |
+{_versions_table(report)}{_drift_line(report)}
 Trends: {trends}. Monthly cost at the current rate: ${report["cost_estimate"]["monthly_cost"]:,.0f} \
 (cloud only ${report["cost_estimate"]["monthly_cloud_only_cost"]:,.0f}).
 
@@ -92,6 +149,20 @@ Trends: {trends}. Monthly cost at the current rate: ${report["cost_estimate"]["m
 ## Recommendations
 {advice}
 """
+
+
+def health_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's figures as MLflow metrics: overall, ``version.<v>.<metric>`` per model version
+    (``/`` in a version's name becomes ``_``), ``drift.max_psi`` and ``drift.psi.<feature>``."""
+    metrics = {k: v for k, v in report["metrics"].items() if v is not None} | {"score": report["score"]}
+    for version, figures in (report.get("versions") or {}).items():
+        key = version.replace("/", "_")
+        metrics |= {f"version.{key}.{k}": v for k, v in figures.items() if v is not None}
+    drift = report.get("drift") or {}
+    if drift.get("max_psi") is not None:
+        metrics["drift.max_psi"] = drift["max_psi"]
+        metrics |= {f"drift.psi.{k}": v for k, v in drift["features"].items() if v is not None}
+    return metrics
 
 
 @task(name="read-health", retries=2, retry_delay_seconds=5)
@@ -110,30 +181,28 @@ def publish_health(report: dict[str, Any], url: str, experiment: str) -> None:
     create_markdown_artifact(
         key="router-health", markdown=to_markdown(report, url), description=f"Health of {url}"
     )
-    metrics = {k: v for k, v in report["metrics"].items() if v is not None} | {"score": report["score"]}
-    with tracking.pipeline_run(
-        experiment, "health-check", {"service": url, "status": report["status"]}
-    ) as run_id:
-        tracking.log_metrics(run_id, metrics)
+    tags = {"service": url, "status": report["status"], "model_version": str(report.get("model_version"))}
+    if report.get("canary"):
+        tags["canary"] = report["canary"]["model_version"]
+    with tracking.pipeline_run(experiment, "health-check", tags) as run_id:
+        tracking.log_metrics(run_id, health_metrics(report))
         tracking.log_text(run_id, json.dumps(report, indent=2), "health.json")
         tracking.set_tags(run_id, {"alerts": "; ".join(report["alerts"]) or "none"})
     for alert in report["alerts"]:
         logger.warning("ALERT %s: %s", url, alert)
 
 
-@task(name="maybe-retrain")
-def maybe_retrain(
-    report: dict[str, Any], policy: RetrainPolicy, deployment: str, parameters: dict[str, Any], now: float
-) -> str | None:
-    """Prefect task: trigger ``deployment`` when retraining is due; the flow run id, or None."""
-    from prefect.deployments import run_deployment
-
-    state, reason = decide(
-        Variable.get(STATE_VARIABLE, default={}) or {}, breaches(report, policy), now, policy
-    )
-    Variable.set(STATE_VARIABLE, state, overwrite=True)
-    if reason is None:
-        return None
-    flow_run = run_deployment(deployment, parameters=parameters, timeout=0, tags=["triggered-by-monitor"])
-    get_run_logger().warning("retraining triggered (%s): %s flow run %s", reason, deployment, flow_run.id)
-    return str(flow_run.id)
+@task(name="emit-health-event")
+def emit_health_event(report: dict[str, Any], url: str, policy: RetrainPolicy) -> dict[str, Any]:
+    """Prefect task: emit the check's event (`degradation_event`); its name, id and breaches
+    (the id is None where events go nowhere, e.g. with no Prefect API)."""
+    event = degradation_event(report, url, policy)
+    emitted = emit_event(**event)
+    breached = event["payload"]["breaches"]
+    if breached:
+        get_run_logger().warning("%s degraded (%s): emitted %s", url, "; ".join(breached), event["event"])
+    return {
+        "event": event["event"],
+        "id": None if emitted is None else str(emitted.id),
+        "breaches": breached,
+    }

@@ -1,5 +1,6 @@
 """prefect.yaml end to end: a Prefect server and a process worker on 127.0.0.1, the deployments
-applied with `prefect deploy --all`, runs started with `prefect deployment run ... --watch`."""
+applied with `prefect deploy --all`, runs started with `prefect deployment run ... --watch`, and
+the deployment trigger of training-pipeline/on-demand acting on the monitor's events."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ import json
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import StateType
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Cancelled
 
+from tasks.monitoring import DEGRADED
 from tests.conftest import ROOT
-from tests.services import Process, free_port, wait_until_healthy
+from tests.services import Process, degrade, edge_service, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -112,3 +123,84 @@ def test_on_demand_runs_register_the_model_and_a_failed_gate_keeps_the_champion(
     assert "Flow run finished in state 'Failed'" in second.stdout
     assert len(client.search_model_versions("name='edgeroute'")) == 1
     assert str(client.get_model_version_by_alias("edgeroute", "champion").version) == champion
+
+
+MONITOR_THREE_TIMES = """
+import json, sys
+from flows.monitoring import monitor_router
+print(json.dumps([monitor_router(sys.argv[1]) for _ in range(3)]))
+"""
+
+
+@contextmanager
+def api(stack: Stack):
+    """A Prefect client of the stack's server."""
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
+def poll(read, done, timeout_s: float = 60):
+    """``read()`` until ``done`` of it holds (or the time is up): the last value read."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+def test_a_degraded_service_runs_training_once_through_the_deployment_trigger(stack, tiny_bundle, tmp_path):
+    with api(stack) as client:
+        training = client.read_deployment_by_name("training-pipeline/on-demand")
+        [automation] = client.read_automations_by_name("retrain-when-the-router-degrades")
+    trigger = automation.trigger
+    assert automation.enabled and trigger.expect == {DEGRADED} and trigger.posture == "Reactive"
+    assert (trigger.threshold, trigger.within) == (2, timedelta(days=1))
+    assert trigger.match.root == {"prefect.resource.id": "edgeroute.service.*"}
+    assert [(a.type, a.deployment_id) for a in automation.actions] == [("run-deployment", training.id)]
+
+    def triggered(client) -> list:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[training.id]))
+        )
+        return [r for r in runs if r.created_by is not None and r.created_by.id == automation.id]
+
+    # The worker leaves the triggered run Scheduled (no demo training here): its queue is paused.
+    paused = stack.prefect("work-queue", "pause", "default", "--pool", POOL)
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    service, audit = edge_service(tiny_bundle, tmp_path)
+    try:
+        with api(stack) as client:
+            assert triggered(client) == [], "nothing retrained before the service degraded"
+        degrade(service.url)  # every answer was wrong
+        # Three checks, as the monitor deployment makes them, each emitting to the stack's server.
+        checks = subprocess.run(
+            [sys.executable, "-c", MONITOR_THREE_TIMES, service.url],
+            cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert checks.returncode == 0, checks.stdout[-2000:] + checks.stderr[-3000:]
+        summaries = json.loads(checks.stdout.splitlines()[-1])
+        assert [s["event"] for s in summaries] == [DEGRADED] * 3
+
+        with api(stack) as client:
+            runs = poll(lambda: triggered(client), bool)
+            # The trigger has seen the third event once the server stored it; a little more time
+            # for it to (not) act on it, then still one run.
+            query = EventFilter(
+                event=EventNameFilter(name=[DEGRADED]),
+                resource=EventResourceFilter(id=[f"edgeroute.service.{service.url}"]),
+            )
+            stored = poll(lambda: client.read_events(filter=query, limit=50).events, lambda e: len(e) == 3)
+            assert {str(e.id) for e in stored} == {s["event_id"] for s in summaries}
+            time.sleep(5)
+            runs = triggered(client)
+            assert len(runs) == 1, [(r.name, r.created) for r in runs]
+            [run] = runs
+            assert run.created_by.type == "AUTOMATION" and run.state_type == StateType.SCHEDULED
+            assert run.parameters == {"preset": "demo"}, "the deployment's defaults"
+    finally:
+        service.stop()
+        audit.close()
+        with api(stack) as client:
+            for run in triggered(client):
+                client.set_flow_run_state(run.id, Cancelled(), force=True)
+        resumed = stack.prefect("work-queue", "resume", "default", "--pool", POOL)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -58,5 +58,5 @@ def test_the_runtime_and_the_monitor_flow_share_the_defaults():
         Thresholds().min_accuracy,
         Thresholds().min_edge_share,
     )
-    stricter = RetrainPolicy.from_thresholds(Thresholds(min_accuracy=0.95), sustained=3)
-    assert (stricter.min_accuracy, stricter.sustained) == (0.95, 3)
+    stricter = RetrainPolicy.from_thresholds(Thresholds(min_accuracy=0.95))
+    assert stricter.min_accuracy == 0.95

@@ -1,61 +1,119 @@
-"""The monitoring flow against a real service: health published, retraining triggered once."""
+"""The monitoring flow: what a breach is, the event a check emits, and the flow against a real
+service emitting `edgeroute.router.degraded` to a real Prefect server."""
 
 from __future__ import annotations
 
-import httpx
+import time
+
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-from prefect.variables import Variable
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows.monitoring import monitor_router
-from flows.training import training_pipeline
-from tasks.monitoring import STATE_VARIABLE, RetrainPolicy, decide
-from tests.services import edge_service
+from tasks.monitoring import (
+    DEGRADED,
+    HEALTHY,
+    RetrainPolicy,
+    breaches,
+    degradation_event,
+    health_metrics,
+    to_markdown,
+)
+from tests.services import degrade, edge_service
 
-POLICY = RetrainPolicy(min_accuracy=0.85, min_edge_share=0.8, sustained=2, cooldown_s=3600)
+POLICY = RetrainPolicy(min_accuracy=0.85, min_edge_share=0.8)
+URL = "http://127.0.0.1:8000"
+SERVICE = {"prefect.resource.id": f"edgeroute.service.{URL}", "prefect.resource.name": URL}
 
 
-def test_retraining_needs_a_sustained_breach_and_respects_the_cool_down():
-    state, reason = decide({}, ["accuracy 0.5 < 0.85"], 0.0, POLICY)
-    assert reason is None and state["breaches_in_a_row"] == 1
-    state, reason = decide(state, [], 10.0, POLICY)
-    assert reason is None and state["breaches_in_a_row"] == 0, "a healthy check resets the count"
-    state, _ = decide(state, ["x"], 20.0, POLICY)
-    state, reason = decide(state, ["x"], 30.0, POLICY)
-    assert reason == "x" and state["last_triggered"] == 30.0
-    state, _ = decide(state, ["x"], 40.0, POLICY)
-    state, reason = decide(state, ["x"], 50.0, POLICY)
-    assert reason is None, "inside the cool-down"
-    state, reason = decide(state, ["x"], 30.0 + 3601, POLICY)
-    assert reason == "x"
+def report(accuracy=0.95, edge_share=0.9, **extra) -> dict:
+    """A health report as the service writes it; ``extra`` adds versions, drift, canary."""
+    metrics = {"requests": 40, "edge_share": edge_share, "cost_per_query": 0.002, "p95_latency_ms": 12.0,
+               "avg_complexity": 0.3, "accuracy": accuracy, "labelled": 20}  # fmt: skip
+    return {
+        "score": 100, "status": "excellent", "window_s": 3600.0, "metrics": metrics, "alerts": [],
+        "trends": {"edge_share": "stable"}, "recommendations": ["All metrics within thresholds."],
+        "cost_estimate": {"requests_per_day": 960.0, "monthly_cost": 57.6, "monthly_cloud_only_cost": 288.0},
+    } | extra  # fmt: skip
+
+
+def drift(max_psi, threshold=0.25) -> dict:
+    features = {"length": 0.02, "unfamiliar_share": max_psi, "edge_confidence": 0.05, "label": 0.01}
+    return {"method": "psi", "features": features, "max_psi": max_psi, "threshold": threshold, "samples": 400}
+
+
+def test_a_breach_is_low_accuracy_low_edge_share_or_drift_past_its_threshold():
+    assert breaches(report(), POLICY) == []
+    assert breaches(report(accuracy=None, edge_share=None), POLICY) == [], "no data never breaches"
+    assert breaches(report(accuracy=0.5, edge_share=0.7), POLICY) == [
+        "accuracy 0.500 < 0.85",
+        "edge share 0.700 < 0.8",
+    ]
+    assert breaches(report(drift=None), POLICY) == [], "no reference profile: no drift"
+    assert breaches(report(drift=drift(0.25)), POLICY) == [], "at the threshold is not past it"
+    assert breaches(report(drift=drift(0.61)), POLICY) == ["drift psi 0.61 above 0.25 (unfamiliar_share)"]
+
+
+def test_the_event_of_a_check_names_the_service_and_carries_the_figures():
+    versions = {
+        "edgeroute/3": report()["metrics"] | {"accuracy": 0.4},
+        "edgeroute/4": report()["metrics"] | {"requests": 4},
+    }
+    degraded = report(
+        accuracy=0.4, drift=drift(0.61), versions=versions, model_version="edgeroute/3",
+        canary={"model_version": "edgeroute/4", "share": 0.1},
+    )  # fmt: skip
+    event = degradation_event(degraded, URL + "/", POLICY)
+    assert event["event"] == DEGRADED
+    assert event["resource"] == SERVICE
+    payload = event["payload"]
+    assert payload["breaches"] == ["accuracy 0.400 < 0.85", "drift psi 0.61 above 0.25 (unfamiliar_share)"]
+    figures = ("accuracy", "labelled", "edge_share", "requests")
+    assert [payload[name] for name in figures] == [0.4, 20, 0.9, 40]
+    assert payload["drift_max_psi"] == 0.61 and payload["drift_psi"]["unfamiliar_share"] == 0.61
+    assert payload["model_version"] == "edgeroute/3" and payload["versions"] == ["edgeroute/3", "edgeroute/4"]
+    assert payload["canary"] == {"model_version": "edgeroute/4", "share": 0.1}
+
+    healthy = degradation_event(report(), URL, POLICY)  # today's report: no versions, drift or canary
+    assert healthy["event"] == HEALTHY and healthy["payload"]["breaches"] == []
+    assert healthy["payload"]["drift_max_psi"] is None and healthy["payload"]["versions"] == []
+
+    markdown = to_markdown(degraded, URL)
+    assert "| `edgeroute/4` canary | 4 |" in markdown and "max 0.610" in markdown
+    assert "By model version" not in to_markdown(report(), URL) and "drift" not in to_markdown(report(), URL)
+    metrics = health_metrics(degraded)
+    assert metrics["version.edgeroute_3.accuracy"] == 0.4 and metrics["drift.max_psi"] == 0.61
+    assert metrics["drift.psi.label"] == 0.01
+
+
+def degraded_events(resource_id: str, expected: int, timeout_s: float = 30) -> list:
+    """The degraded events of ``resource_id`` the Prefect server has stored, once it has ``expected``."""
+    name, resource = EventNameFilter(name=[DEGRADED]), EventResourceFilter(id=[resource_id])
+    query = EventFilter(event=name, resource=resource)
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(filter=query, limit=50).events  # the server takes at most 50
+            if len(events) >= expected or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_monitor_triggers_retraining_once_when_accuracy_stays_low(tiny_bundle, tmp_path, mlflow_uri):
-    training_pipeline.to_deployment(name="on-demand").apply()
-    Variable.set(STATE_VARIABLE, {}, overwrite=True)
+def test_the_monitor_emits_a_degraded_event_when_every_answer_was_wrong(tiny_bundle, tmp_path, mlflow_uri):
     service, audit = edge_service(tiny_bundle, tmp_path)
     try:
-        texts = [f"my order {i} never arrived and nobody answers" for i in range(10)]
-        results = httpx.post(f"{service.url}/v1/classify", json={"texts": texts}).json()["results"]
-        for result in results:  # every answer was wrong
-            wrong = next(label for label in ("negative", "neutral", "positive") if label != result["label"])
-            httpx.post(
-                f"{service.url}/v1/feedback", json={"request_id": result["request_id"], "label": wrong}
-            )
-
-        parameters = {"preset": "tiny", "overrides": ["classifier.epochs=2"]}
-        runs = [monitor_router(service.url, retrain_parameters=parameters) for _ in range(3)]
+        degrade(service.url)  # every answer was wrong
+        summary = monitor_router(service.url)
     finally:
         service.stop()
         audit.close()
 
-    assert [r["retraining"] is not None for r in runs] == [False, True, False]
-    assert "accuracy 0 below 0.85" in runs[0]["alerts"] and runs[0]["status"] in {"poor", "critical"}
-    with get_client(sync_client=True) as client:
-        triggered = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["on-demand"]))
-        )
-    assert len(triggered) == 1 and str(triggered[0].id) == runs[1]["retraining"]
-    assert triggered[0].parameters == parameters and "triggered-by-monitor" in triggered[0].tags
+    assert summary["event"] == DEGRADED and summary["breaches"][0] == "accuracy 0.000 < 0.85"
+    assert "accuracy 0 below 0.85" in summary["alerts"] and summary["status"] in {"poor", "critical"}
+    [event] = degraded_events(f"edgeroute.service.{service.url}", expected=1)
+    assert str(event.id) == summary["event_id"]
+    assert event.resource["prefect.resource.name"] == service.url
+    assert (event.payload["accuracy"], event.payload["labelled"]) == (0.0, 10)
+    assert event.payload["breaches"] == summary["breaches"]
+    assert "flow-run" in {related.role for related in event.related}, "linked to the monitor's flow run"
