@@ -1,10 +1,12 @@
-"""The training side's commands of ``edgeroute``: ``train``, ``config``, ``promote``, ``rollback``,
-and bundles named ``models:/<name>@<alias>``, registered as the ``train`` plugin
-(`edgeroute.plugins`). ``python -m flows`` runs the same commands without the console script.
+"""The training side's commands of ``edgeroute``: ``train``, ``config``, ``promote`` (a version by
+hand, or a service's canary on its live feedback), ``rollback``, and bundles named
+``models:/<name>@<alias>``, registered as the ``train`` plugin (`edgeroute.plugins`).
+``python -m flows`` runs the same commands without the console script.
 """
 
 from __future__ import annotations
 
+import urllib.error
 from pathlib import Path
 from typing import Annotated
 
@@ -66,14 +68,63 @@ def train(
 
 @app.command()
 def promote(
-    version: Annotated[str, typer.Argument(help="The model version to make champion.")],
+    version: Annotated[
+        str | None, typer.Argument(metavar="VERSION", help="The model version to make champion.")
+    ] = None,
     name: RegisteredName = "edgeroute",
+    from_canary: Annotated[
+        str | None,
+        typer.Option(
+            "--from-canary",
+            metavar="URL",
+            help="Instead of VERSION: the canary of the edge service at URL, when its live accuracy "
+            "from feedback (GET URL/v1/health) holds up against the champion's.",
+        ),
+    ] = None,
+    min_feedback: Annotated[
+        int, typer.Option(min=1, help="With --from-canary: labelled requests each version needs.")
+    ] = registry.CANARY_MIN_FEEDBACK,
+    tolerance: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="With --from-canary: how far below the champion's it may be."),
+    ] = registry.CANARY_TOLERANCE,
 ) -> None:
-    """Make a registered version the champion by hand (the one it replaces is recorded)."""
-    if not registry.version_exists(name, version):
+    """Make a registered version the champion: by hand, or the canary of a running service on its
+    live feedback (the one it replaces is recorded either way)."""
+    if (version is None) == (from_canary is None):
+        raise fail("give the VERSION to promote, or --from-canary URL (one of them)", 2)
+    reason = "promoted by hand"
+    if from_canary is not None:
+        version, reason = canary_to_promote(from_canary, name, min_feedback, tolerance)
+    elif not registry.version_exists(name, version):
         raise fail(f"registered model {name!r} has no version {version}", 1)
-    result = registry.set_champion(name, version, "promoted by hand")
+    result = registry.set_champion(name, version, reason)
     typer.echo(f"{name}: champion is now version {result['champion']} (was {result['previous'] or 'none'})")
+    if from_canary is not None:
+        typer.echo(reason)
+
+
+def canary_to_promote(url: str, name: str, min_feedback: int, tolerance: float) -> tuple[str, str]:
+    """The version of the canary at ``url`` and why it is promoted; exit 1 when it is not."""
+    from tasks.monitoring import read_health
+
+    try:
+        report = read_health.fn(url)  # the task's body: one attempt, no Prefect run for a command
+    except urllib.error.HTTPError as exc:
+        hint = " (is EDGEROUTE_API_KEY set to the service's key?)" if exc.code in (401, 403) else ""
+        raise fail(f"cannot read the health report of {url}: {exc}{hint}", 1) from None
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read the health report of {url}: {exc}", 1) from None
+    canary = str((report.get("canary") or {}).get("model_version") or "")
+    canary_name, _, version = canary.rpartition("/")
+    if canary and canary_name != name:
+        raise fail(f"the canary of {url} is {canary}, not a version of {name!r}", 1)
+    if canary and not registry.version_exists(name, version):
+        raise fail(f"registered model {name!r} has no version {version} (the canary of {url})", 1)
+    promoted, verdict = registry.canary_verdict(report, min_feedback, tolerance)
+    if not promoted:
+        raise fail(f"{name}: canary not promoted: {verdict}", 1)
+    return version, f"canary of {url}: {verdict}"
 
 
 @app.command()
@@ -90,11 +141,12 @@ def rollback(name: RegisteredName = "edgeroute") -> None:
 def resolve_model(uri: str) -> tuple[Path, str | None]:
     """A registered bundle (``models:/<name>@<alias>`` or ``/<version>``), downloaded; its version."""
     try:
-        return registry.download_bundle(uri), registry.resolve_version(uri)
+        version = registry.resolve_version(uri)  # then that version: the alias may move meanwhile
+        return registry.download_bundle(f"models:/{version}"), version
     except MlflowException as exc:
         raise PluginError(exc.message) from None
     except BundleError as exc:  # altered, or unsigned where a signature is required
         raise PluginError(str(exc)) from None
 
 
-plugin = Plugin(commands=app, resolve_model=resolve_model)
+plugin = Plugin(commands=app, resolve_model=resolve_model, lookup_model=registry.resolve_version)

@@ -3,14 +3,16 @@
 A registered version's artifacts are the bundle itself, so what the registry serves is what
 was gated and calibrated, hashes and all. The newest version gets the ``challenger`` alias; it
 becomes ``champion`` when there is none, or when it is not worse than the champion on the
-champion's own test split. Every version records the champion it replaced, so a rollback
-needs no memory beyond the registry.
+champion's own test split, or by hand, or when a service's canary holds up on live feedback
+(`canary_verdict`). Every version records the champion it replaced, so a rollback needs no
+memory beyond the registry, and carries its model card (`model_card`) as its description.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,9 @@ from edgeroute.bundle import Bundle, load_bundle
 from edgeroute.cloud import remote_cloud
 from edgeroute.config import CloudConfig
 from tasks.calibrate import evaluate
+from tasks.model_card import bundle_data, finite, gate_figures, model_card
 from tasks.support import pyfunc_model, synthetic, tracking
-from tasks.support.config import PipelineConfig, PromotionConfig
+from tasks.support.config import GateConfig, PipelineConfig, PromotionConfig
 from tasks.support.dataset import PreparedData
 from tasks.support.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
 
@@ -62,8 +65,14 @@ class Registered:
     run_id: str
 
 
-def register_bundle(bundle_path: Path, name: str, examples: list[str]) -> Registered:
-    """Log the bundle as a pyfunc model in a ``register`` run, register it, alias it challenger."""
+def register_bundle(
+    bundle_path: Path, name: str, examples: list[str], gate: GateConfig | None = None
+) -> Registered:
+    """Log the bundle as a pyfunc model in a ``register`` run, register it, alias it challenger.
+
+    The version's description is its model card (`model_card`), also ``model_card.md`` of the
+    run; ``gate`` is what the gates required, where the gate stages' runs do not say.
+    """
     bundle = load_bundle(bundle_path)  # refuse an altered bundle before it reaches the registry
     example = pd.DataFrame({"text": examples})
     output = decisions_frame(bundle.router(), examples)
@@ -85,6 +94,13 @@ def register_bundle(bundle_path: Path, name: str, examples: list[str]) -> Regist
         for key, value in lineage.items():
             client.set_model_version_tag(name, version, key, value)
         client.set_registered_model_alias(name, CHALLENGER, version)
+        required = {k: v for k, v in (gate.model_dump() if gate else {}).items() if v is not None}
+        figures = required | gate_figures(
+            bundle.manifest["lineage"].get("mlflow_run_id") or tracking.pipeline_run_id()
+        )
+        data = bundle_data(bundle)
+        tracking.log_text(run_id, model_card(bundle, data, figures, limit=None), "model_card.md")
+        client.update_model_version(name, version, description=model_card(bundle, data, figures))
         tracking.set_tags(run_id, {"registered_model": name, "registered_version": version})
     return Registered(name, version, run_id)
 
@@ -219,6 +235,49 @@ def decide(
     return result
 
 
+# Promotion of a canary on its live feedback (`edgeroute promote --from-canary`): the defaults.
+CANARY_MIN_FEEDBACK = 200  # labelled requests each of canary and champion needs in the window
+CANARY_TOLERANCE = 0.01  # how much lower than the champion's the canary's live accuracy may be
+
+
+def canary_verdict(
+    report: Mapping[str, Any], min_feedback: int = CANARY_MIN_FEEDBACK, tolerance: float = CANARY_TOLERANCE
+) -> tuple[bool, str]:
+    """Whether a service's health report (``GET /v1/health``) shows its canary fit to be champion,
+    and why: both it and the champion have ``min_feedback`` labelled requests in the monitor
+    window, and the canary's accuracy from feedback is at least the champion's minus ``tolerance``.
+    """
+    champion = report.get("model_version")
+    canary = (report.get("canary") or {}).get("model_version")
+    if not canary:
+        return False, f"the service serves no canary (champion {champion or '?'})"
+    if canary == champion:
+        return False, f"the canary {canary} is the champion already"
+    versions = report.get("versions") or {}
+    live = {
+        role: versions.get(version) or {} for role, version in (("canary", canary), ("champion", champion))
+    }
+    labelled = {role: int(finite(stats.get("labelled")) or 0) for role, stats in live.items()}
+    accuracy = {role: finite(stats.get("accuracy")) for role, stats in live.items()}
+    named = {"canary": f"canary {canary}", "champion": f"champion {champion}"}
+    short = [
+        f"{named[role]} {labelled[role]} of {min_feedback} labelled"
+        + (", no accuracy" if accuracy[role] is None and labelled[role] >= min_feedback else "")
+        for role in ("canary", "champion")
+        if labelled[role] < min_feedback or accuracy[role] is None
+    ]
+    window = finite(report.get("window_s"))
+    over = f" over the last {window:.0f} s" if window else ""
+    if short:
+        return False, f"not enough feedback yet{over} ({'; '.join(short)})"
+    promoted = accuracy["canary"] >= accuracy["champion"] - tolerance - 1e-12  # 1e-12: float rounding
+    return promoted, (
+        f"live accuracy{over}: {named['canary']} {accuracy['canary']:.4f} ({labelled['canary']} labelled) "
+        f"{'>=' if promoted else '<'} {named['champion']} {accuracy['champion']:.4f} "
+        f"({labelled['champion']} labelled) - tolerance {tolerance:g}"
+    )
+
+
 @task(name="fetch-bundle", retries=2, retry_delay_seconds=5)
 def fetch_bundle(reference: str) -> Bundle:
     """Prefect task: a registered bundle (``models:/<name>@<alias>``) downloaded, or a bundle
@@ -235,7 +294,7 @@ def register_model(config: PipelineConfig, bundle_path: Path) -> Registered:
     The input example MLflow keeps beside the model is generated, never a message of the data.
     """
     examples = [row["text"] for row in synthetic.generate(3, seed=config.seed)]
-    return register_bundle(bundle_path, config.tracking.registered_model, examples)
+    return register_bundle(bundle_path, config.tracking.registered_model, examples, config.gate)
 
 
 @task(name="promote")

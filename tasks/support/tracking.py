@@ -56,13 +56,29 @@ def client() -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+# What the MLflow 3 UI opens an experiment as: its training runs, not the GenAI (traces) view.
+# The tag and the values its UI knows (mlflow/server/js: "genai_development", "custom_model_development").
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(name: str) -> str:
     """The id of experiment ``name``, created on first use (artifacts under ``mlflow/artifacts``)."""
     mlflow_client = client()
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
+        tag_experiment_kind(mlflow_client, experiment)
         return experiment.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=_artifact_location(name))
+    return mlflow_client.create_experiment(
+        name, artifact_location=_artifact_location(name), tags=dict([EXPERIMENT_KIND])
+    )
+
+
+def tag_experiment_kind(mlflow_client: MlflowClient, experiment) -> None:
+    """Tag an experiment made before the kind was set (or whose kind the UI only inferred);
+    a kind someone chose by hand stays."""
+    key, value = EXPERIMENT_KIND
+    if "inferred" in experiment.tags.get(key, "inferred"):  # unset, "..._inferred", "no_inferred_type"
+        mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def _artifact_location(experiment: str) -> str | None:

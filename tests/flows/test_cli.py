@@ -3,10 +3,14 @@ Prefect server, real MLflow."""
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
+from mlflow import MlflowClient
 
 from tests.services import BIN, run_cli
 
@@ -66,3 +70,113 @@ def test_classify_with_an_unknown_registered_model_exits_2(tmp_path):
     )
     assert done.returncode == 2
     assert "error: --model models:/nope@champion:" in done.stderr and "Traceback" not in done.stderr
+
+
+class HealthService:
+    """A stand-in edge service over real HTTP on 127.0.0.1: ``GET /v1/health`` answers ``report``
+    to requests with ``api_key`` as their ``X-API-Key``, 401 to others."""
+
+    def __init__(self, report: dict, api_key: str) -> None:
+        service = self
+        self.report = report
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != "/v1/health":
+                    status, body = 404, b"{}"
+                elif self.headers.get("X-API-Key") != api_key:
+                    status, body = 401, b'{"detail": "missing or wrong API key"}'
+                else:
+                    status, body = 200, json.dumps(service.report).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp_path, monkeypatch):
+    from tasks import registry
+
+    # The registry run_cli's commands use, holding versions 1 to 3 of "edgeroute", 2 the champion.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    client.create_registered_model("edgeroute")
+    (tmp_path / "model").mkdir()
+    for _ in range(3):
+        client.create_model_version("edgeroute", source=(tmp_path / "model").as_uri())
+    registry.set_champion("edgeroute", "2", "first champion")
+
+    def served(canary: str, labelled: int, accuracy: float) -> dict:
+        return {
+            "model_version": "edgeroute/2",
+            "canary": {"model_version": canary, "share": 0.05},
+            "versions": {
+                "edgeroute/2": {"requests": 9000, "accuracy": 0.91, "labelled": 900, "edge_share": 0.9},
+                canary: {"requests": 500, "accuracy": accuracy, "labelled": labelled, "edge_share": 0.9},
+            },
+            "window_s": 3600.0,
+        }
+
+    service = HealthService(served("edgeroute/3", 150, 0.95), api_key="s3cret")
+    monkeypatch.setenv("EDGEROUTE_API_KEY", "s3cret")
+    promote = [str(BIN / "edgeroute"), "promote", "--from-canary", service.url]
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("edgeroute", "champion").version)
+
+    try:
+        early = run_cli(promote, tmp_path)
+        assert early.returncode == 1, early.stderr
+        assert "canary not promoted: not enough feedback yet" in early.stderr
+        assert "canary edgeroute/3 150 of 200 labelled" in early.stderr and champion() == "2"
+
+        service.report = served("edgeroute/3", 400, 0.85)
+        worse = run_cli([*promote, "--tolerance", "0.05"], tmp_path)
+        assert worse.returncode == 1 and "0.8500 (400 labelled) < champion edgeroute/2 0.9100" in worse.stderr
+        assert champion() == "2"
+
+        service.report = served("other-model/3", 400, 0.95)
+        other = run_cli(promote, tmp_path)
+        assert other.returncode == 1 and "is other-model/3, not a version of 'edgeroute'" in other.stderr
+
+        service.report = served("edgeroute/9", 400, 0.95)
+        missing = run_cli(promote, tmp_path)
+        assert missing.returncode == 1 and "has no version 9 (the canary of" in missing.stderr
+
+        service.report = served("edgeroute/3", 400, 0.905)
+        monkeypatch.setenv("EDGEROUTE_API_KEY", "wrong")
+        refused = run_cli(promote, tmp_path)
+        assert (
+            refused.returncode == 1
+            and "HTTP Error 401" in refused.stderr
+            and "EDGEROUTE_API_KEY" in refused.stderr
+        )
+        monkeypatch.setenv("EDGEROUTE_API_KEY", "s3cret")
+
+        done = run_cli([*promote, "--min-feedback", "300"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "edgeroute: champion is now version 3 (was 2)" in done.stdout
+    finally:
+        service.stop()
+    assert champion() == "3"
+    reason = client.get_model_version("edgeroute", "3").tags["promotion_reason"]
+    assert reason.startswith(
+        f"canary of {service.url}: live accuracy over the last 3600 s: canary edgeroute/3 0.9050"
+    )
+    # Promoting by hand still takes a version, and not both.
+    both = run_cli([str(BIN / "edgeroute"), "promote", "2", "--from-canary", service.url], tmp_path)
+    assert both.returncode == 2 and "give the VERSION to promote, or --from-canary URL" in both.stderr
+    assert run_cli([str(BIN / "edgeroute"), "promote", "2"], tmp_path).returncode == 0 and champion() == "2"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from mlflow import MlflowClient
 from edgeroute.bundle import ROUTER, BundleError, derive_bundle, load_bundle
 from edgeroute.router import RouterSettings
 from tasks import registry
+from tasks.model_card import DESCRIPTION_LIMIT, model_card
 from tasks.support import tracking
 from tasks.support.config import PromotionConfig
 
@@ -170,3 +172,145 @@ def test_an_unsigned_registered_bundle_is_refused_by_name_once_a_public_key_is_s
     assert done.returncode == 2, done.stderr
     assert f"error: --model models:/{NAME}@challenger:" in done.stderr and "not signed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def carded_bundle(tiny_bundle: Path, tmp_path: Path, data) -> Path:
+    """The tiny bundle with the metrics and lineage a training run writes (figures made up, each
+    one distinct so the card can be searched for it)."""
+    metrics = {
+        "edge": {"accuracy": 0.8123, "macro_f1": 0.8011, "p95_ms": 1.25, "size_mb": 0.1},
+        "cloud": {"accuracy": 0.8345, "macro_f1": 0.8222, "p95_ms": 4.5, "size_mb": 0.3},
+        "compress": {"int8_size_mb": 0.1, "size_reduction_vs_cloud_pct": 66.7, "quantized_ops": 14},
+        "router": load_bundle(tiny_bundle).manifest["metrics"]["router"]
+        | {"test_accuracy": 0.8567, "test_cloud_only_accuracy": 0.8345, "test_edge_share": 0.625},
+        "behaviour": {"edge.invariance": 0.0612, "system.invariance": 0.0311, "passed": 1.0},
+    }
+    lineage = {
+        "data_dir": str(data.directory),
+        "edge_model": "student",
+        "student_layers": 1,
+        "quantization_recipe": "primary",
+        "base_model": "tiny",
+        "git_commit": "0123abc",
+        "mlflow_run_id": "",
+    }
+    return derive_bundle(
+        load_bundle(tiny_bundle), tmp_path / "carded", replace={}, metrics=metrics, lineage=lineage
+    )
+
+
+def test_every_registered_version_has_a_model_card(
+    tiny_bundle, tiny_prepared, tmp_path, parent_run, mlflow_uri
+):
+    _, data = tiny_prepared
+    # What the gate stages of the pipeline run measured and required, as they log it.
+    client = MlflowClient(mlflow_uri)
+    with tracking.stage_run(parent_run, "gate") as gate_run:
+        tracking.log_params(gate_run, {"min_accuracy_retention": 0.985, "max_size_mb": None})
+        tracking.log_metrics(gate_run, {"accuracy_retention": 0.9937})
+
+    registered = registry.register_bundle(carded_bundle(tiny_bundle, tmp_path, data), NAME, ["hi"])
+    card = client.get_model_version(NAME, registered.version).description
+
+    assert "| accuracy | 0.8123 | 0.8345 | 0.8567 |" in card  # edge INT8, cloud FP32, routed system
+    assert "| accuracy retention (edge INT8 / its FP32) | 0.9937 | ≥ 0.985 |" in card
+    assert "| system retention (routed / cloud only) | 1.0266 | — |" in card
+    assert "- **edge share (test)**: 62.5 %" in card
+    assert "### Intended use" in card and "customer-support messages" in card
+    assert f"- **source**: `{data.source}`" in card and f"`{data.digest}`" in card
+    assert f"test {data.split_counts['test']:,}" in card
+    for label in data.labels:
+        share = f"{100 * data.class_counts[label] / sum(data.class_counts.values()):.1f} %"
+        assert f"| `{label}` | {data.class_counts[label]:,} | {share} |" in card
+    assert "a 1-layer student" in card and "recipe `primary`" in card and "`0123abc`" in card
+    assert "| invariance | 0.061 | — | 0.031 |" in card and "behaviour gate passed" in card
+    assert "calibration**: target `" in card  # the router's calibration target, from router.json
+    assert "None" not in card and not re.search(r"\bnan\b", card, re.IGNORECASE)
+    # The whole card is beside the model, in the register run.
+    assert client.download_artifacts(registered.run_id, "model_card.md", str(tmp_path)).endswith(
+        "model_card.md"
+    )
+    assert (tmp_path / "model_card.md").read_text() == card
+
+
+def test_the_card_of_a_sparse_manifest_leaves_out_what_it_lacks(tiny_bundle):
+    """The tiny bundle has calibration metrics only (no test figures), no data, no gate figures."""
+    bundle = load_bundle(tiny_bundle)
+    card = model_card(bundle, None)
+    assert f"- **digest**: `{bundle.manifest['lineage']['data_digest']}`" in card
+    assert "**Labels** (3):\n`negative`, `neutral`, `positive`" in card
+    assert "- **thresholds**: min confidence " in card and "### Limits" in card
+    for absent in ("None", "### Test metrics", "### Gates", "### Provenance", "Behavioural", "source"):
+        assert absent not in card, absent
+    assert not re.search(r"\bnan\b", card, re.IGNORECASE)
+
+
+def test_a_long_label_list_is_cut_to_fit_the_description(tiny_bundle, tiny_prepared):
+    _, data = tiny_prepared
+    labels = [f"intent_number_{i:03d}_with_a_long_name" for i in range(300)]
+    bundle = load_bundle(tiny_bundle)
+    bundle = replace(bundle, manifest=bundle.manifest | {"labels": labels})
+    many = replace(data, labels=labels, class_counts={label: 10 + i for i, label in enumerate(labels)})
+    card = model_card(bundle, many)
+    assert len(card) <= DESCRIPTION_LIMIT
+    assert "`intent_number_299_with_a_long_name` 0.6 %" in card  # the largest first
+    assert "… and " in card and "`intent_number_000_with_a_long_name`" not in card
+    assert "### Limits" in card  # the labels were cut, not the sections after them
+    assert "`intent_number_000_with_a_long_name`" in model_card(bundle, many, limit=None)
+
+
+def test_experiments_are_tagged_for_model_development(parent_run, mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+    assert (
+        client.get_experiment_by_name("registry-test").tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    # An experiment made before the tag gets it on first use; a kind chosen by hand stays.
+    old = client.create_experiment("made-before")
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert tracking.experiment_id("made-before") == old and tracking.experiment_id("chosen") == chosen
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def health(
+    champion_stats: dict | None, canary_stats: dict | None, canary: str | None = "edgeroute/4"
+) -> dict:
+    """A health report as a service serving champion edgeroute/3 and (or not) a canary gives it."""
+    versions = {"edgeroute/3": champion_stats} | ({canary: canary_stats} if canary and canary_stats else {})
+    return {
+        "model_version": "edgeroute/3",
+        "canary": {"model_version": canary, "share": 0.05} if canary else None,
+        "versions": versions,
+        "window_s": 3600.0,
+    }
+
+
+def stats(labelled: int, accuracy: float | None) -> dict:
+    return {"requests": 10 * labelled, "labelled": labelled, "accuracy": accuracy, "edge_share": 0.9}
+
+
+def test_a_canary_is_promoted_on_enough_live_feedback_when_not_worse():
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(250, 0.93)), 200, 0.01)
+    assert promoted and "canary edgeroute/4 0.9300 (250 labelled) >= champion edgeroute/3 0.9000" in reason
+    # Within the tolerance, to the float.
+    assert registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.90)), 200, 0.01)[0]
+
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.8999)), 200, 0.01)
+    assert not promoted and "0.8999 (250 labelled) < champion edgeroute/3 0.9100" in reason
+
+
+def test_a_canary_is_not_promoted_without_enough_feedback():
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(150, 0.99)), 200, 0.01)
+    assert not promoted
+    assert reason == "not enough feedback yet over the last 3600 s (canary edgeroute/4 150 of 200 labelled)"
+    promoted, reason = registry.canary_verdict(health(stats(50, 0.5), stats(300, None)), 200, 0.01)
+    assert not promoted and "canary edgeroute/4 300 of 200 labelled, no accuracy" in reason
+    assert "champion edgeroute/3 50 of 200 labelled" in reason
+    # No canary figures at all yet, or no canary.
+    assert "canary edgeroute/4 0 of 200" in registry.canary_verdict(health(stats(900, 0.9), None))[1]
+    assert registry.canary_verdict(health(stats(900, 0.9), None, canary=None)) == (
+        False,
+        "the service serves no canary (champion edgeroute/3)",
+    )
