@@ -47,32 +47,39 @@ def references(bundle_path: Path, workdir: Path, *, threads: int, batch_size: in
 
     Empty for a bundle without a cloud model.
     """
-    from edgeroute.bundle import CLOUD_MODEL, TOKENIZER
+    from edgeroute.bundle import CLOUD_MODEL
     from edgeroute.model import OnnxClassifier, load_tokenizer
-    from tasks.compress import Recipe, fuse_graph, quantize
 
     bundle = load_bundle(bundle_path)
     if not bundle.has(CLOUD_MODEL):
         return {}
     teacher = bundle.classifier(CLOUD_MODEL, threads=threads, batch_size=batch_size)
-    fused = fuse_graph(bundle_path / CLOUD_MODEL, workdir / "teacher-fused.onnx")
-    int8 = quantize(fused, workdir / "teacher-int8.onnx", Recipe("primary", True, True))
-    own = bundle_path / "cloud" / TOKENIZER
-    tokenizer = load_tokenizer(
-        own if own.is_file() else bundle_path / TOKENIZER, bundle.manifest["max_length"]
-    )
+    int8, tokenizer_path = teacher_int8(bundle_path, workdir)
+    tokenizer = load_tokenizer(tokenizer_path, bundle.manifest["max_length"])
     twin = OnnxClassifier(int8, tokenizer, bundle.labels, threads=threads, batch_size=batch_size)
     return {"teacher_int8": twin, "teacher_fp32": teacher}
 
 
-def messages(bundle: Path, data: Path | None = None, text_column: str = "text") -> list[str]:
+def teacher_int8(bundle_path: Path, workdir: Path) -> tuple[Path, Path]:
+    """The bundle's FP32 cloud model fused and quantized as the edge model would be (written
+    under ``workdir``), and the tokenizer it takes: the cloud's own when the bundle has one."""
+    from edgeroute.bundle import CLOUD_MODEL, TOKENIZER
+    from tasks.compress import Recipe, fuse_graph, quantize
+
+    fused = fuse_graph(bundle_path / CLOUD_MODEL, workdir / "teacher-fused.onnx")
+    int8 = quantize(fused, workdir / "teacher-int8.onnx", Recipe("primary", True, True))
+    own = bundle_path / "cloud" / TOKENIZER
+    return int8, own if own.is_file() else bundle_path / TOKENIZER
+
+
+def messages(bundle: Path | None, data: Path | None = None, text_column: str = "text") -> list[str]:
     """``data``'s texts; else the bundle's test split while its data is in ``work/``; else generated."""
     import pandas as pd
 
     if data is not None:
         return read_messages(data, text_column)[0]
-    data_dir = Path(load_bundle(bundle).manifest["lineage"].get("data_dir", ""))
-    if (data_dir / "test.parquet").is_file():
+    data_dir = Path(load_bundle(bundle).manifest["lineage"].get("data_dir", "")) if bundle else None
+    if data_dir is not None and (data_dir / "test.parquet").is_file():
         return pd.read_parquet(data_dir / "test.parquet")["text"].tolist()
     from tasks.support.synthetic import generate
 
