@@ -52,6 +52,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from bench.common import emit, messages, milliseconds, start_service, stop_service, teacher_int8
@@ -278,6 +279,14 @@ def open_loop(
     }
 
 
+def open_loop_sweep(url: str, texts: list[str], args) -> list[dict]:
+    """One open-loop run per ``--rate``, each with its own seed."""
+    return [
+        open_loop(url, texts, rate, args.requests, args.duration, args.max_connections, args.seed + i)
+        for i, rate in enumerate(args.rate)
+    ]
+
+
 def within_goal(point: dict, p99_ms: float = math.inf) -> bool:
     """No errors, p99 within ``p99_ms``, and the achieved rate within 5 % of the offered one."""
     return (
@@ -292,10 +301,7 @@ def sweep(bundle: Path, workdir: Path, texts: list[str], args, p99_ms: float) ->
     process, url = start_service(bundle, "edge", workdir, *EDGE_OPTIONS, *args.edge_options.split())
     try:
         load(url, texts, 200, args.concurrency, args.duration)  # warm-up
-        points = [
-            open_loop(url, texts, rate, args.requests, args.duration, args.max_connections, args.seed + i)
-            for i, rate in enumerate(args.rate)
-        ]
+        points = open_loop_sweep(url, texts, args)
     finally:
         stop_service(process)
     passing = [point["rate_per_s"] for point in points if within_goal(point, p99_ms)]
@@ -371,12 +377,12 @@ def rates(text: str) -> list[float]:
 
 def running_service(args) -> dict:
     """The open-loop runs against a service already running at ``args.url``."""
+    try:
+        httpx.get(f"{args.url}/readyz", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"--url {args.url}: no edgeroute service ready there ({exc})") from None
     texts = messages(args.bundle)
-    points = [
-        open_loop(args.url, texts, rate, args.requests, args.duration, args.max_connections, args.seed + i)
-        for i, rate in enumerate(args.rate)
-    ]
-    return {"url": args.url, "open_loop": points, "goals": GOALS}
+    return {"url": args.url, "open_loop": open_loop_sweep(args.url, texts, args), "goals": GOALS}
 
 
 def main() -> None:
