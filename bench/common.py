@@ -61,13 +61,14 @@ def references(bundle_path: Path, workdir: Path, *, threads: int, batch_size: in
 
 
 def teacher_int8(bundle_path: Path, workdir: Path) -> tuple[Path, Path]:
-    """The bundle's FP32 cloud model fused and quantized as the edge model would be (written
-    under ``workdir``), and the tokenizer it takes: the cloud's own when the bundle has one."""
+    """The bundle's FP32 cloud model fused and quantized with dynamic INT8, as the edge served it
+    before distillation and static INT8 (written under ``workdir``), and the tokenizer it takes:
+    the cloud's own when the bundle has one."""
     from edgeroute.bundle import CLOUD_MODEL, TOKENIZER
     from tasks.compress import Recipe, fuse_graph, quantize
 
     fused = fuse_graph(bundle_path / CLOUD_MODEL, workdir / "teacher-fused.onnx")
-    int8 = quantize(fused, workdir / "teacher-int8.onnx", Recipe("primary", True, True))
+    int8 = quantize(fused, workdir / "teacher-int8.onnx", Recipe("dynamic", True, True, static=False))
     own = bundle_path / "cloud" / TOKENIZER
     return int8, own if own.is_file() else bundle_path / TOKENIZER
 

@@ -76,7 +76,8 @@ def main() -> None:
     texts = messages(args.bundle)
     fp32 = args.bundle / CLOUD_MODEL
     tokenizer = load_tokenizer(fp32.parent / "tokenizer.json", bundle.manifest["max_length"])
-    recipe = Recipe("primary", per_channel=True, quantize_embeddings=True)
+    # Dynamic INT8 needs no calibration set; the fusions it measures are the same for static.
+    recipe = Recipe("dynamic", per_channel=True, quantize_embeddings=True, static=False)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         models = {

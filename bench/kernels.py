@@ -74,15 +74,21 @@ def layer_macs_per_token(model: Path) -> tuple[int, int]:
     number of layers."""
     import onnx
 
-    from tasks.compress import LAYER_NODE, QUANTIZABLE, QUANTIZED_OPS
+    from tasks.compress import DYNAMIC_PRODUCTS, LAYER_NODE, QUANTIZABLE
 
     graph = onnx.load(str(model), load_external_data=False).graph
     shapes = {i.name: list(i.dims) for i in graph.initializer}
+    # Static INT8 multiplies by a weight dequantized from an initializer.
+    shapes |= {
+        n.output[0]: shapes[n.input[0]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in shapes
+    }
     macs, layers = 0, set()
     for node in graph.node:
         match = LAYER_NODE.search(node.name)
         weights = [shapes[i] for i in node.input if len(shapes.get(i, [])) == 2]
-        if match and weights and node.op_type in {*QUANTIZABLE, *QUANTIZED_OPS}:
+        if match and weights and node.op_type in {*QUANTIZABLE, *DYNAMIC_PRODUCTS}:
             layers.add(match.group(1))
             macs += max(int(np.prod(w)) for w in weights)
     return macs, len(layers)

@@ -61,6 +61,9 @@ class Release:
     router: Router
     tier: Router | CloudTier
     profile: Profile | None
+    # False for a dynamic-INT8 edge model (and a bundle that does not say): its answers depend on
+    # the texts sharing a model call, so requests are not micro-batched together.
+    batch_independent: bool = False
 
     def route(self, texts: Sequence[str]) -> list[Decision]:
         return self.tier.route(texts)
@@ -84,7 +87,8 @@ def open_release(
     router.features(WARM_UP)
     if config.role == "cloud":
         tier.route(WARM_UP)
-    return Release(model_version(bundle, registered), router, tier, bundle.profile())
+    independent = bool(bundle.manifest["lineage"].get("batch_independent", False))
+    return Release(model_version(bundle, registered), router, tier, bundle.profile(), independent)
 
 
 def canary_bucket(request_id: str) -> float:

@@ -396,7 +396,9 @@ def create_app(
     )
 
     async def decide(release: Release, texts: list[str]) -> list[Decision]:
-        return await (batcher.submit(texts, release) if batcher else run_in_threadpool(route, texts, release))
+        if batcher and release.batch_independent:
+            return await batcher.submit(texts, release)
+        return await run_in_threadpool(route, texts, release)
 
     async def answer(texts: list[str], ids: list[str]) -> list[tuple[Release, Decision]]:
         """Each text's answer, from the release its request id picks, in order."""

@@ -91,6 +91,8 @@ def bundle_model(
         "base_model": config.model.base,
         "teacher_base_model": config.model.teacher_base,
         "quantization_recipe": decision.recipe.name,
+        # Read by the service: a batch-dependent edge model answers each request in its own call.
+        "batch_independent": decision.recipe.batch_independent,
         "edge_model": "student" if student is not None else "teacher_int8",
     }
     if config.cloud.backend != "local":  # what the router was calibrated against; never the key

@@ -1,4 +1,10 @@
-"""Compression: export to ONNX, optional vocabulary trimming and graph fusion, dynamic INT8."""
+"""Compression: export to ONNX, optional vocabulary trimming and graph fusion, INT8.
+
+Static INT8 (QDQ, activation scales calibrated once on the calibration split) is the edge recipe:
+each element is quantized with a fixed scale, so a text's answer cannot depend on the texts that
+share its model call. Dynamic INT8 picks an activation scale per call from the whole batch; it
+stays as a fallback, served one request at a time.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,31 @@ import re
 import shutil
 import string
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, get_args
 
+import numpy as np
 import pandas as pd
 from prefect import task
 
+from edgeroute.model import load_tokenizer
 from tasks.support import tracking
-from tasks.support.config import CompressConfig, PipelineConfig
+from tasks.support.config import CalibrationName, CompressConfig, PipelineConfig
 from tasks.support.dataset import PreparedData
 from tasks.support.trainer import Checkpoint
 
-# Operators that hold the weights dynamic quantization turns into INT8.
+if TYPE_CHECKING:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+
+# Operators that hold the weights quantization turns into INT8.
 QUANTIZABLE = ("MatMul", "Gemm", "Attention")
-QUANTIZED_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QGemm"}
+# Dynamic INT8's products by an INT8 weight.
+DYNAMIC_PRODUCTS = {"MatMulInteger", "QAttention", "DynamicQuantizeMatMul", "QGemm"}
+# ORT contrib ops of a fused graph whose output has its input's type; ONNX shape inference does
+# not know them, and the static quantizer skips a tensor of unknown type.
+TYPE_PRESERVING_CONTRIB = {"Gelu", "FastGelu", "BiasGelu"}
 TEACHER_FP32, TEACHER_INT8 = "teacher_fp32", "teacher_int8"
 DIGIT_RUN = re.compile(r"\d\d")
 LAYER_NODE = re.compile(r"layer\.(\d+)/")
@@ -36,6 +52,69 @@ class Recipe:
     per_channel: bool
     quantize_embeddings: bool
     exclude: tuple[str, ...] = field(default=())
+    static: bool = True
+    calibration: CalibrationName = "minmax"
+
+    @property
+    def batch_independent(self) -> bool:
+        """Static scales quantize each element on its own: a text's answer ignores its batch-mates."""
+        return self.static
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The texts static scales are calibrated on, with the tokenizer of the model being quantized.
+
+    Each text runs alone, unpadded: padding would put positions no served text has into the
+    ranges, and ORT's histogram collectors need tensors of one shape per call.
+    """
+
+    texts: tuple[str, ...]
+    tokenizer: Path
+    max_length: int
+
+    def reader(self, model: Path) -> CalibrationDataReader:
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader
+
+        names = {i.name for i in onnx.load(str(model), load_external_data=False).graph.input}
+        tokenizer = load_tokenizer(self.tokenizer, self.max_length)
+        feeds = []
+        for encoding in tokenizer.encode_batch(list(self.texts)):
+            ids = np.array([encoding.ids], dtype=np.int64)
+            feed = {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            }
+            feeds.append({name: value for name, value in feed.items() if name in names})
+
+        class Reader(CalibrationDataReader):
+            """One text per call; ``set_range`` lets ORT collect them one call at a time."""
+
+            def __init__(self) -> None:
+                self.start, self.end = 0, len(feeds)
+
+            def __len__(self) -> int:
+                return len(feeds)
+
+            def set_range(self, start_index: int, end_index: int) -> None:
+                self.start, self.end = start_index, end_index
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                if self.start >= self.end:
+                    return None
+                self.start += 1
+                return feeds[self.start - 1]
+
+        return Reader()
+
+
+def calibration_method(name: CalibrationName) -> CalibrationMethod:
+    from onnxruntime.quantization import CalibrationMethod
+
+    methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+    return CalibrationMethod[methods[name]]
 
 
 def size_mb(path: Path) -> float:
@@ -78,26 +157,70 @@ def fuse_graph(model: Path, output: Path) -> Path:
     optimized = optimize_model(
         str(model), model_type="bert", num_heads=0, hidden_size=0, optimization_options=options
     )
+    _type_contrib_outputs(optimized.model)
     optimized.save_model_to_file(str(output))
     return output
 
 
-def quantize(model: Path, output: Path, recipe: Recipe) -> Path:
-    """Dynamic INT8 (weights per channel or per tensor, activations at run time)."""
+def _type_contrib_outputs(model) -> None:
+    """Declare the type of each fused contrib op's output (its input's), so that the static
+    quantizer quantizes what consumes it instead of skipping it as of unknown type."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    known = {v.name for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    types |= {i.name: i.data_type for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in TYPE_PRESERVING_CONTRIB and node.input[0] in types:
+            for name in node.output:
+                if name not in known:
+                    model.graph.value_info.append(
+                        onnx.helper.make_tensor_value_info(name, types[node.input[0]], None)
+                    )
+
+
+def quantize(model: Path, output: Path, recipe: Recipe, calibration: CalibrationSet | None = None) -> Path:
+    """INT8 weights (per channel or per tensor); activations with static scales calibrated on
+    ``calibration``, or with a scale per call (dynamic).
+
+    Calibrated ranges are cached beside ``model`` per method, so that the fallback's recipes,
+    which differ only in what they quantize, calibrate once.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     ops = [*QUANTIZABLE, "Gather"] if recipe.quantize_embeddings else list(QUANTIZABLE)
-    quantize_dynamic(
+    # The quantizer rewrites Gemm as MatMul + Add first, renaming it "<name>_MatMul".
+    exclude = [n for name in recipe.exclude for n in (name, f"{name}_MatMul")]
+    if not recipe.static:
+        quantize_dynamic(
+            model,
+            output,
+            op_types_to_quantize=ops,
+            per_channel=recipe.per_channel,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            # Fused graphs have tensors whose type the quantizer cannot infer (DESIGN §6).
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return output
+    if calibration is None:
+        raise ValueError(f"recipe {recipe.name!r} is static: it needs calibration texts")
+    quantize_static(
         model,
         output,
+        calibration.reader(model),
+        quant_format=QuantFormat.QDQ,
         op_types_to_quantize=ops,
         per_channel=recipe.per_channel,
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        # The quantizer rewrites Gemm as MatMul + Add first, renaming it "<name>_MatMul".
-        nodes_to_exclude=[n for name in recipe.exclude for n in (name, f"{name}_MatMul")],
-        # Fused graphs have tensors whose type the quantizer cannot infer (DESIGN §6).
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        nodes_to_exclude=exclude,
+        calibrate_method=calibration_method(recipe.calibration),
+        calibration_cache_path=model.with_name(f"{model.stem}.{recipe.calibration}-ranges.json"),
+        # One text per collection call (see CalibrationSet).
+        extra_options={"CalibStridedMinMax": 1},
     )
     return output
 
@@ -111,8 +234,22 @@ def op_counts(model: Path) -> dict[str, int]:
     return counts
 
 
-def quantized_op_count(model: Path) -> int:
-    return sum(count for op, count in op_counts(model).items() if op in QUANTIZED_OPS)
+def int8_products(model: Path) -> list[str]:
+    """The nodes that multiply by an INT8 weight matrix: dynamic INT8's integer ops, and static
+    INT8's float ops whose weight is dequantized from INT8 (ORT runs those as integer kernels)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    dequantized = {
+        n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+    }
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in DYNAMIC_PRODUCTS
+        or (node.op_type in QUANTIZABLE and dequantized.intersection(node.input))
+    ]
 
 
 def weight_nodes(model: Path) -> tuple[list[str], dict[int, list[str]]]:
@@ -133,21 +270,65 @@ def weight_nodes(model: Path) -> tuple[list[str], dict[int, list[str]]]:
     return head, layers
 
 
-def fallback_recipes(primary: Recipe, model: Path, layer_order: Iterable[int], limit: int) -> list[Recipe]:
-    """The bounded list tried after ``primary`` fails: the other weight granularity, then keeping
-    the classifier head in FP32, then also the most sensitive encoder layers, one more each time."""
-    head, layers = weight_nodes(model)
-    recipes = [
-        Recipe(f"per_channel={not primary.per_channel}", not primary.per_channel, primary.quantize_embeddings)
+def sensitive_nodes(model: Path) -> list[str]:
+    """The matrix products whose activations fixed scales serve worst: attention's (scores and
+    softmax output, activation by activation) and those fed by GELU, whose output is skewed."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and (
+            not weights.intersection(node.input)
+            or any(producer.get(name) in {"Gelu", "FastGelu", "BiasGelu"} for name in node.input)
+        )
     ]
-    excluded = tuple(head)
-    recipes.append(Recipe("head in FP32", primary.per_channel, primary.quantize_embeddings, excluded))
+
+
+def fallback_recipes(primary: Recipe, model: Path, layer_order: Iterable[int], limit: int) -> list[Recipe]:
+    """The bounded list tried after ``primary`` fails.
+
+    For a static primary: the other calibration methods, then attention and GELU-fed products in
+    FP32 (INC's accuracy-aware fallback keeps such ops in FP32), then also the classifier head and
+    the most sensitive encoder layers, one more each time; last, dynamic INT8, which the gate
+    lets serve only one request at a time. For a dynamic primary: the other weight granularity,
+    then the head, then layers.
+    """
+    head, layers = weight_nodes(model)
+
+    def like(name: str, exclude: tuple[str, ...] = (), **changes) -> Recipe:
+        return replace(primary, name=name, exclude=exclude, **changes)
+
+    if primary.static:
+        recipes = [
+            like(f"static, {method} calibration", calibration=method)
+            for method in get_args(CalibrationName)
+            if method != primary.calibration
+        ]
+        excluded = tuple(sensitive_nodes(model))
+        recipes.append(like("static, attention and GELU-fed products in FP32", excluded))
+        prefix = "static, attention, GELU-fed products, "
+    else:
+        recipes = [like(f"per_channel={not primary.per_channel}", per_channel=not primary.per_channel)]
+        excluded, prefix = (), ""
+    excluded += tuple(head)
+    recipes.append(like(f"{prefix}head in FP32", excluded))
     kept: list[int] = []
     for layer in layer_order:
         kept.append(layer)
-        excluded += tuple(layers[layer])
-        name = f"head and layer{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} in FP32"
-        recipes.append(Recipe(name, primary.per_channel, primary.quantize_embeddings, excluded))
+        excluded = tuple(dict.fromkeys((*excluded, *layers[layer])))  # the GELU-fed ones are there already
+        recipes.append(
+            like(
+                f"{prefix}head and layer{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} in FP32",
+                excluded,
+            )
+        )
+    if primary.static:
+        return [*recipes[: limit - 1], like("dynamic", static=False)][:limit]
     return recipes[:limit]
 
 
@@ -221,7 +402,8 @@ class Compressed:
     vocabulary; with a distilled student, also the teacher's FP32 model (the cloud tier) and its
     INT8 twin (what the edge would serve without distillation), for the benchmark.
 
-    ``fused`` is the FP32 graph the INT8 models are quantized from, for the fallback.
+    ``fused`` is the FP32 graph the INT8 models are quantized from, and ``calibration`` the
+    texts its static scales come from, for the fallback.
     """
 
     directory: Path
@@ -229,6 +411,7 @@ class Compressed:
     fused: Path
     recipe: Recipe
     info: dict[str, float]
+    calibration: CalibrationSet
 
     @property
     def cloud_name(self) -> str:
@@ -238,6 +421,14 @@ class Compressed:
     @property
     def cloud(self) -> Variant:
         return self.variants[self.cloud_name]
+
+
+def primary_recipe(settings: CompressConfig) -> Recipe:
+    static = settings.quantization == "static"
+    name = f"static, {settings.calibration_method} calibration" if static else "dynamic"
+    return Recipe(
+        name, settings.per_channel, settings.quantize_embeddings, (), static, settings.calibration_method
+    )
 
 
 def _fused(onnx_model: Path, settings: CompressConfig, output: Path) -> Path:
@@ -250,14 +441,20 @@ def compress(
     settings: CompressConfig,
     output: Path,
     teacher: Path | None = None,
+    *,
+    calibration_texts: Sequence[str],
+    max_length: int,
 ) -> Compressed:
-    """Export FP32; optionally trim the vocabulary; fuse; quantize with the primary recipe.
+    """Export FP32; optionally trim the vocabulary; fuse; quantize with the primary recipe, its
+    static scales calibrated on ``calibration_texts``.
 
     ``teacher`` (the checkpoint ``checkpoint`` was distilled from) is exported too, as the cloud
-    tier, and quantized at full vocabulary as the benchmark's reference.
+    tier, and quantized at full vocabulary with dynamic INT8 as the benchmark's reference (what
+    the edge served before distillation and static INT8).
     """
     fp32 = export_onnx(checkpoint, output / "fp32")
-    recipe = Recipe("primary", settings.per_channel, settings.quantize_embeddings)
+    recipe = primary_recipe(settings)
+    texts = tuple(calibration_texts[: settings.calibration_samples])
     variants = {"fp32": Variant(fp32, fp32.parent / "tokenizer.json")}
     info: dict[str, float] = {"fp32_size_mb": size_mb(fp32)}
     if teacher is not None:
@@ -265,7 +462,7 @@ def compress(
         teacher_int8 = quantize(
             _fused(teacher_fp32, settings, output / "teacher-fused.onnx"),
             output / "teacher-int8.onnx",
-            recipe,
+            replace(recipe, name="dynamic", static=False),
         )
         tokenizer = teacher_fp32.parent / "tokenizer.json"
         variants |= {
@@ -279,23 +476,27 @@ def compress(
         info |= trim_vocabulary(checkpoint, corpus, output / "trimmed-checkpoint", settings.min_token_count)
         edge_onnx = export_onnx(output / "trimmed-checkpoint", output / "trimmed")
         full = quantize(
-            _fused(fp32, settings, output / "fused-full-vocab.onnx"), output / "int8-full-vocab.onnx", recipe
+            _fused(fp32, settings, output / "fused-full-vocab.onnx"),
+            output / "int8-full-vocab.onnx",
+            recipe,
+            CalibrationSet(texts, fp32.parent / "tokenizer.json", max_length),
         )
         variants["int8_full_vocab"] = Variant(full, fp32.parent / "tokenizer.json")
         info["int8_full_vocab_size_mb"] = size_mb(full)
     fused = _fused(edge_onnx, settings, output / "fused.onnx")
-    int8 = quantize(fused, output / "int8.onnx", recipe)
-    variants["int8"] = Variant(int8, edge_onnx.parent / "tokenizer.json")
+    calibration = CalibrationSet(texts, edge_onnx.parent / "tokenizer.json", max_length)
+    int8 = quantize(fused, output / "int8.onnx", recipe, calibration)
+    variants["int8"] = Variant(int8, calibration.tokenizer)
     info |= {
         "int8_size_mb": size_mb(int8),
         "size_reduction_pct": 100 * (1 - size_mb(int8) / size_mb(fp32)),
         "size_reduction_vs_cloud_pct": 100 * (1 - size_mb(int8) / size_mb(cloud_model)),
-        "quantized_ops": quantized_op_count(int8),
+        "quantized_ops": len(int8_products(int8)),
     }
     (output / "compress.json").write_text(
         json.dumps(settings.model_dump(mode="json") | info, indent=2), encoding="utf-8"
     )
-    return Compressed(output, variants, fused, recipe, info)
+    return Compressed(output, variants, fused, recipe, info, calibration)
 
 
 @task(name="compress")
@@ -311,7 +512,13 @@ def compress_model(
     corpus = pd.concat([data.frame(name)["text"] for name in ("train", "validation", "calibration")]).tolist()
     with tracking.stage("compress", config.compress) as run_id:
         compressed = compress(
-            edge.path, corpus, config.compress, output, teacher.path if teacher is not None else None
+            edge.path,
+            corpus,
+            config.compress,
+            output,
+            teacher.path if teacher is not None else None,
+            calibration_texts=data.frame("calibration")["text"].tolist(),
+            max_length=config.model.max_length,
         )
         tracking.log_metrics(run_id, compressed.info)
         tracking.log_text(

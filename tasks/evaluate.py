@@ -10,12 +10,15 @@ import psutil
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from edgeroute.model import OnnxClassifier, load_tokenizer
+from edgeroute.config import BatchingConfig
+from edgeroute.model import OnnxClassifier, load_tokenizer, softmax
 from tasks.compress import Compressed, Variant, size_mb
 from tasks.support import tracking
 from tasks.support.config import EvaluateConfig, PipelineConfig
 from tasks.support.dataset import PreparedData
 
+# The texts of one micro-batch in the service, by default.
+BATCH_TEXTS = BatchingConfig().max_texts
 HEADLINE = ("accuracy", "macro_f1", "p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "size_mb")
 
 
@@ -53,16 +56,35 @@ def throughput(classifier: OnnxClassifier, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
+def batch_dependence(classifier: OnnxClassifier, texts: list[str], seed: int = 0) -> dict[str, float]:
+    """How much a text's answer moves when it shares a model call: each text alone against the
+    same text in the service's batches (shuffled, ``max_texts`` a call, bucketed by length as the
+    runtime buckets them). Probabilities at temperature 1."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    batched = np.empty((len(texts), len(classifier.labels)), dtype=np.float32)
+    for start in range(0, len(texts), BATCH_TEXTS):
+        chunk = order[start : start + BATCH_TEXTS]
+        batched[chunk] = classifier.logits([texts[i] for i in chunk])
+    alone = np.concatenate([classifier.logits([text]) for text in texts])
+    alone, batched = softmax(alone), softmax(batched)
+    return {
+        "batch_label_agreement": float((alone.argmax(axis=1) == batched.argmax(axis=1)).mean()),
+        "batch_max_probability_change": float(np.abs(alone - batched).max()),
+    }
+
+
 def benchmark(
     variant: Variant, labels: list[str], max_length: int, test: pd.DataFrame, settings: EvaluateConfig
 ) -> dict[str, float]:
-    """Quality, one-thread latency, batched throughput, file size and the memory the model takes."""
+    """Quality, one-thread latency, batch dependence, batched throughput, file size and the memory
+    the model takes."""
     process = psutil.Process()
     rss_before = process.memory_info().rss
     tokenizer = load_tokenizer(variant.tokenizer, max_length)
     single = OnnxClassifier(variant.model, tokenizer, labels, threads=1)
     metrics = quality(single, test)
     metrics |= latency(single, test["text"].tolist(), settings.latency_queries, settings.warmup)
+    metrics |= batch_dependence(single, test["text"].tolist())
     metrics["rss_mb"] = (process.memory_info().rss - rss_before) / 1e6
     batched = OnnxClassifier(
         variant.model, tokenizer, labels, threads=settings.throughput_threads, batch_size=settings.batch_size

@@ -90,12 +90,19 @@ def tiny_student(tmp_path_factory, tiny_prepared, tiny_classifier) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_compressed(tmp_path_factory, tiny_prepared, tiny_classifier):
-    """The tiny classifier exported, fused and quantized with the default recipe."""
+    """The tiny classifier exported, fused and quantized with the default recipe (static INT8)."""
     from tasks.compress import compress
 
     config, data = tiny_prepared
     corpus = data.frame("train")["text"].tolist()
-    return compress(tiny_classifier, corpus, config.compress, tmp_path_factory.mktemp("compress"))
+    return compress(
+        tiny_classifier,
+        corpus,
+        config.compress,
+        tmp_path_factory.mktemp("compress"),
+        calibration_texts=data.frame("calibration")["text"].tolist(),
+        max_length=config.model.max_length,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +150,7 @@ def tiny_bundle(tmp_path_factory, tiny_prepared, tiny_compressed, tiny_calibrati
         labels=data.labels,
         max_length=64,
         metrics={"router": tiny_calibration.metrics},
-        lineage={"data_digest": data.digest},
+        lineage={"data_digest": data.digest, "batch_independent": tiny_compressed.recipe.batch_independent},
     )
 
 

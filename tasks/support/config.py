@@ -152,14 +152,29 @@ class DistillConfig(Frozen):
     patience: int = Field(2, ge=1)
 
 
-class CompressConfig(Frozen):
-    """ONNX export and dynamic INT8 quantization of the edge model.
+CalibrationName = Literal["minmax", "percentile", "entropy"]
 
+
+class CompressConfig(Frozen):
+    """ONNX export and INT8 quantization of the edge model.
+
+    Static INT8 calibrates each activation's scale once, on ``calibration_samples`` texts of the
+    calibration split, so a text's answer does not depend on the texts batched with it; dynamic
+    INT8 takes a scale per model call from the whole batch, and is served one request at a time.
     With ``trim_vocabulary`` the edge vocabulary keeps the word pieces the domain texts use at
     least ``min_token_count`` times (rarer words are spelled by their pieces), the special
     tokens and single characters.
     """
 
+    quantization: Literal["static", "dynamic"] = Field(
+        "static", description="activation scales calibrated once (static) or taken per call (dynamic)"
+    )
+    calibration_method: CalibrationName = Field(
+        "minmax", description="how static scales are chosen from the calibration activations"
+    )
+    calibration_samples: int = Field(
+        512, ge=1, description="calibration-split texts the scales are fitted on"
+    )
     optimize: bool = True
     per_channel: bool = True
     quantize_embeddings: bool = True
@@ -185,6 +200,12 @@ class GateConfig(Frozen):
     max_size_mb: float | None = Field(None, gt=0)
     max_p95_latency_ms: float | None = Field(None, gt=0)
     max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
+    max_batch_probability_change: float = Field(
+        1e-3,
+        ge=0,
+        description="the largest change of a test text's probabilities when it shares a model call "
+        "with other texts; labels must agree on every text",
+    )
     # The system gate, after calibration, on the test split.
     min_system_retention: float = Field(0.99, gt=0, description="routed accuracy / cloud-only accuracy")
     min_edge_share: float = Field(0.0, ge=0, le=1, description="0: the edge share is reported only")

@@ -124,7 +124,12 @@ def test_a_trimmed_edge_model_ships_the_cloud_tokenizer_beside_the_cloud_model(
     config, data = tiny_prepared
     corpus = [t for split in ("train", "validation", "calibration") for t in data.frame(split)["text"]]
     compressed = compress(
-        tiny_classifier, corpus, config.compress.model_copy(update={"trim_vocabulary": True}), tmp_path / "c"
+        tiny_classifier,
+        corpus,
+        config.compress.model_copy(update={"trim_vocabulary": True}),
+        tmp_path / "c",
+        calibration_texts=data.frame("calibration")["text"].tolist(),
+        max_length=config.model.max_length,
     )
     decision = GateDecision(compressed.variants["int8"], compressed.recipe, {}, "")
     files = bundle_files(compressed, decision, tiny_calibration)

@@ -201,14 +201,12 @@ def test_logs_carry_request_ids_never_text(service, caplog):
         assert fragment not in logged
 
 
-def test_concurrent_requests_are_micro_batched_and_answered_as_alone(tiny_bundle, tmp_path, texts):
+def _concurrently(bundle, tmp_path, messages: list[str]) -> tuple[list[dict], float, float]:
+    """Answers to ``messages`` sent by 16 clients at once, the model calls made and the texts routed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeroute.bundle import load_bundle
-
-    running, audit = edge_service(tiny_bundle, tmp_path, None, None, "batching.max_texts=64")
+    running, audit = edge_service(bundle, tmp_path, None, None, "batching.max_texts=64")
     try:
-        messages = texts["text"].tolist() * 8
         with httpx.Client() as client, ThreadPoolExecutor(16) as pool:
             answers = list(
                 pool.map(
@@ -219,18 +217,42 @@ def test_concurrent_requests_are_micro_batched_and_answered_as_alone(tiny_bundle
     finally:
         running.stop()
         audit.close()
-    alone = load_bundle(tiny_bundle).router().route(messages)
-    assert [a["results"][0]["label"] for a in answers] == [d.label for d in alone]
-    assert [a["results"][0]["reason"] for a in answers] == [d.reason for d in alone]
-    calls = next(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("edgeroute_batch_texts_count")
+    calls, routed = (
+        next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith(f"edgeroute_batch_texts_{s}")
+        )
+        for s in ("count", "sum")
     )
-    texts_routed = next(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("edgeroute_batch_texts_sum")
-    )
-    assert texts_routed == len(messages)
+    return [a["results"][0] for a in answers], calls, routed
+
+
+def test_concurrent_requests_are_micro_batched_and_answered_as_alone(tiny_bundle, tmp_path, texts):
+    from edgeroute.bundle import load_bundle
+
+    messages = texts["text"].tolist() * 8
+    answers, calls, routed = _concurrently(tiny_bundle, tmp_path, messages)
+    router = load_bundle(tiny_bundle).router()
+    alone = [router.route([message])[0] for message in messages]
+    assert [a["label"] for a in answers] == [d.label for d in alone]
+    assert [a["reason"] for a in answers] == [d.reason for d in alone]
+    # Static INT8: the same confidence as alone, whoever else shared the model call.
+    assert [a["confidence"] for a in answers] == pytest.approx([d.confidence for d in alone], abs=1e-6)
+    assert routed == len(messages)
     assert calls < len(messages)  # 16 clients at once: requests shared model calls
+
+
+def test_a_batch_dependent_edge_model_answers_each_request_in_its_own_call(tiny_bundle, tmp_path, texts):
+    from edgeroute.bundle import derive_bundle, load_bundle
+
+    bundle = derive_bundle(
+        load_bundle(tiny_bundle),
+        tmp_path / "dynamic",
+        replace={},
+        metrics={},
+        lineage={"batch_independent": False},
+    )
+    messages = texts["text"].tolist() * 4
+    _, calls, routed = _concurrently(bundle, tmp_path, messages)
+    assert calls == routed == len(messages)

@@ -1,4 +1,4 @@
-"""The retention gate and its accuracy-aware fallback."""
+"""The retention and batch-independence gate and its accuracy-aware fallback."""
 
 from __future__ import annotations
 
@@ -6,14 +6,35 @@ import numpy as np
 import pytest
 
 from tasks.compress import Recipe
-from tasks.gate import Attempt, GateFailed, check, gap_recovered, run_gate, system_checks, system_report
+from tasks.gate import (
+    Attempt,
+    GateFailed,
+    check,
+    gap_recovered,
+    report,
+    run_gate,
+    system_checks,
+    system_report,
+)
 from tasks.support.config import GateConfig
 
 FP32 = {"accuracy": 0.90, "macro_f1": 0.88, "size_mb": 90.0, "p95_ms": 5.0}
 
 
-def _metrics(accuracy: float, macro_f1: float = 0.88, size_mb: float = 22.0, p95_ms: float = 1.5) -> dict:
-    return {"accuracy": accuracy, "macro_f1": macro_f1, "size_mb": size_mb, "p95_ms": p95_ms}
+def _metrics(
+    accuracy: float, macro_f1: float = 0.88, size_mb: float = 22.0, p95_ms: float = 1.5, moved: float = 0.0
+) -> dict:
+    """A recipe's figures; ``moved``: the largest probability change batching makes."""
+    return {
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "size_mb": size_mb,
+        "p95_ms": p95_ms,
+        "p50_ms": 1.0,
+        "throughput_per_s": 2500.0,
+        "batch_label_agreement": 1.0 if moved < 0.1 else 0.98,
+        "batch_max_probability_change": moved,
+    }
 
 
 def _checks(metrics, **settings):
@@ -21,7 +42,12 @@ def _checks(metrics, **settings):
 
 
 def test_retention_is_a_ratio_with_a_configurable_floor():
-    assert _checks(_metrics(0.891)) == {"accuracy_retention": True, "macro_f1_retention": True}
+    assert _checks(_metrics(0.891)) == {
+        "accuracy_retention": True,
+        "macro_f1_retention": True,
+        "batch_label_agreement": True,
+        "batch_max_probability_change": True,
+    }
     assert _checks(_metrics(0.890))["accuracy_retention"] is False  # 0.9889 < 0.99
     assert _checks(_metrics(0.880), min_accuracy_retention=0.97)["accuracy_retention"] is True
     assert _checks(_metrics(0.9, macro_f1=0.80))["macro_f1_retention"] is False
@@ -76,6 +102,44 @@ def test_when_nothing_passes_the_report_lists_every_attempt():
         assert f"| {number} | {name} | 0.8000 |" in text
     assert "head and layer 0" not in text  # bounded by max_attempts
     assert text.count("accuracy_retention 0.8889 >= 0.99: FAIL") == 3
+
+
+def test_a_recipe_whose_answers_move_with_their_batch_mates_fails():
+    checks = _checks(_metrics(0.9, moved=0.002))
+    assert checks["batch_max_probability_change"] is False and checks["batch_label_agreement"] is True
+    assert _checks(_metrics(0.9, moved=0.002), max_batch_probability_change=0.01)[
+        "batch_max_probability_change"
+    ]
+    assert _checks(_metrics(0.9, moved=0.2))["batch_label_agreement"] is False
+
+
+def test_a_batch_dependent_recipe_serves_alone_only_when_no_independent_one_passes():
+    dynamic = Recipe("dynamic", True, True, static=False)
+    fallbacks = [Recipe("static, entropy calibration", True, True, calibration="entropy"), dynamic]
+    settings = GateConfig()
+
+    def gate(results):
+        first = Attempt(
+            Recipe("primary", True, True), results["primary"], check(FP32, results["primary"], settings)
+        )
+        return run_gate(FP32, first, lambda: fallbacks, lambda recipe: results[recipe.name], settings)
+
+    results = {
+        "primary": _metrics(0.85),
+        "static, entropy calibration": _metrics(0.86),
+        "dynamic": _metrics(0.9, moved=0.2),
+    }
+    chosen, attempts = gate(results)
+    assert chosen.recipe is dynamic and chosen.serves_alone and not chosen.passed
+    text = report(FP32, attempts, chosen)
+    assert "**dynamic** serves, one request a model call" in text and "2500 texts/s" in text
+    # A static recipe that passes wins, and the report has no such line.
+    chosen, attempts = gate(results | {"static, entropy calibration": _metrics(0.9)})
+    assert chosen.recipe.name == "static, entropy calibration" and chosen.passed
+    assert "one request a model call" not in report(FP32, attempts, chosen)
+    # A batch-dependent recipe that also fails accuracy fails the gate.
+    with pytest.raises(GateFailed):
+        gate(results | {"dynamic": _metrics(0.85, moved=0.2)})
 
 
 ROUTED = {

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks.classifier import code_modules, fine_tune, keras_backend
-from tasks.compress import compress, quantized_op_count
+from tasks.compress import compress, int8_products
 from tasks.evaluate import benchmark_all
 from tasks.gate import gate_model
 from tasks.support import tracking
@@ -61,7 +61,14 @@ def keras_run(tmp_path_factory, tiny_prepared, tiny_bert):
 def keras_compressed(tmp_path_factory, tiny_prepared, keras_run):
     config, data = tiny_prepared
     corpus = data.frame("train")["text"].tolist()
-    return compress(keras_run["output"], corpus, config.compress, tmp_path_factory.mktemp("keras-compress"))
+    return compress(
+        keras_run["output"],
+        corpus,
+        config.compress,
+        tmp_path_factory.mktemp("keras-compress"),
+        calibration_texts=data.frame("calibration")["text"].tolist(),
+        max_length=config.model.max_length,
+    )
 
 
 def test_the_backend_setting_picks_the_keras_stage(tmp_path, tiny_prepared, monkeypatch):
@@ -121,7 +128,7 @@ def _gate_only(config, data, compressed, benchmarks):
 @pytest.mark.usefixtures("prefect_harness")
 def test_keras_checkpoint_compresses_and_passes_the_gate(keras_compressed, tiny_prepared, mlflow_uri):
     config, data = tiny_prepared
-    assert quantized_op_count(keras_compressed.variants["int8"].model) > 0
+    assert int8_products(keras_compressed.variants["int8"].model)
     benchmarks = benchmark_all(
         keras_compressed, data.labels, config.model.max_length, data.frame("test"), config.evaluate
     )
