@@ -8,8 +8,8 @@ fusions). ``router``: the whole edge decision on top (temperature, complexity, u
 The baseline, timed in the same run and interleaved with them, is the naive recipe: the
 Hugging Face tokenizer padding every query to 256 tokens, into a default ORT session (one
 thread) over the same INT8 model. With a distilled student at the edge, two more same-run
-baselines: the bundle's FP32 teacher (the cloud tier) and the teacher quantized the same way
-(``teacher_int8``: the 6-layer edge model of a run without distillation). Messages: ``--data``
+baselines: the bundle's FP32 teacher (the cloud tier) and the teacher with dynamic INT8
+(``teacher_int8``: the 6-layer edge model served before distillation and static INT8). Messages: ``--data``
 (a table with a ``text`` column), else the bundle's test split. ``--save`` also writes
 ``bench/results/latency.json`` for the README.
 """

@@ -60,7 +60,7 @@ def test_train_with_a_gate_that_cannot_pass_exits_1_with_the_report(tmp_path, pr
     )  # fmt: skip
     assert done.returncode == 1
     assert "error: # Quantization gate" in done.stderr
-    assert "| 2 | per_channel=False |" in done.stderr
+    assert "| 2 | dynamic |" in done.stderr  # max_attempts=2: the primary, then dynamic INT8 last
     assert not (tmp_path / "work" / "bundles").exists()
 
 
