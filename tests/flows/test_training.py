@@ -204,10 +204,11 @@ def test_a_gate_that_cannot_pass_fails_the_flow_with_a_report_and_no_bundle(tmp_
         state.result()
     report = str(failed.value)
     assert report.count("accuracy_retention") == 3
+    # max_attempts=3: the primary, one other calibration method, then dynamic INT8 last.
     assert (
-        "| 1 | primary |" in report
-        and "| 2 | per_channel=False |" in report
-        and "| 3 | head in FP32 |" in report
+        "| 1 | static, minmax calibration |" in report
+        and "| 2 | static, percentile calibration |" in report
+        and "| 3 | dynamic |" in report
     )
     assert not (tmp_path / "work" / "bundles").exists()
     client = MlflowClient(mlflow_uri)
