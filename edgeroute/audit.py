@@ -1,10 +1,16 @@
-"""The audit trail: every routing decision and every piece of feedback, append-only, no text.
+"""The audit trail: every routing decision and every piece of feedback, append-only.
 
 SQLite (WAL) with two tables, ``decisions`` and ``feedback``; triggers refuse any UPDATE or
-DELETE, so a row once written stays as written. A text is recorded only as a keyed hash
-(HMAC-SHA256), so the same message can be matched across requests without being stored. The
-key comes from ``EDGEROUTE_AUDIT_KEY`` or from a key file beside the database, created with
-owner-only permissions on first use.
+DELETE, so a row once written stays as written. The one exception is `AuditLog.purge`, which
+removes the rows past their retention in a single transaction of its own.
+
+A text is recorded as a keyed hash (HMAC-SHA256), so the same message can be matched across
+requests, and by its length. The key comes from ``EDGEROUTE_AUDIT_KEY`` or from a key file
+beside the database, created with owner-only permissions on first use. With
+``keep_text="masked"`` a decision also keeps the text as the cloud sees it, personal data
+masked (`edgeroute.privacy.mask`), and the cloud's own label and confidence: the columns of
+`TRAINING_COLUMNS`, which a trail kept with ``"none"`` does not have. The raw text is never
+stored.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from edgeroute.config import KeepText
+from edgeroute.privacy import mask
 
 KEY_ENV = "EDGEROUTE_AUDIT_KEY"
 
@@ -44,10 +53,14 @@ _MONITORED = {
     "edge_confidence": "REAL",
     "edge_label": "TEXT",
 }
+# Added with keep_text="masked" only: what retraining from production learns from. The cloud's
+# label and confidence are those of every text it answered, escalated or shadowed.
+TRAINING_COLUMNS = {"masked_text": "TEXT", "cloud_label": "TEXT", "cloud_confidence": "REAL"}
 _COLUMNS = (
     "request_id", "time", "model_version", "route", "reason", "label", "confidence", "complexity",
     "cost", "text_hash", *_MONITORED,
 )  # fmt: skip
+
 _SCHEMA = (
     _DECISIONS.format(name="decisions")
     + """
@@ -97,9 +110,10 @@ def audit_key(database: Path) -> bytes:
 class AuditLog:
     """Append-only SQLite record of decisions and feedback; safe to share between threads."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, keep_text: KeepText = "none") -> None:
         database.parent.mkdir(parents=True, exist_ok=True)
         self.path = database
+        self.keep_text = keep_text
         self._key = audit_key(database)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
@@ -111,9 +125,14 @@ class AuditLog:
         self._db.executescript(_SCHEMA)
         self._allow_no_confidence()
         present = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
-        for column, kind in _MONITORED.items():
+        added = _MONITORED | (TRAINING_COLUMNS if keep_text == "masked" else {})
+        for column, kind in added.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
+        self._columns = (*_COLUMNS, *TRAINING_COLUMNS) if keep_text == "masked" else _COLUMNS
+        self._append_only()
+
+    def _append_only(self) -> None:
         for table in ("decisions", "feedback"):
             for action in ("UPDATE", "DELETE"):
                 self._db.execute(_APPEND_ONLY.format(table=table, action=action))
@@ -141,20 +160,44 @@ class AuditLog:
 
     def record(self, rows: Iterable[dict]) -> None:
         """Decisions, each with request_id, model_version, route, reason, label, confidence,
-        complexity, cost and the text (hashed here, never stored; its length is kept), and
-        optionally time and the monitored values (latency_ms, unfamiliar_share, edge_confidence,
-        edge_label)."""
+        complexity, cost and the text (hashed here; its length is kept, and with keep_text
+        "masked" its masked form), and optionally time, the monitored values (latency_ms,
+        unfamiliar_share, edge_confidence, edge_label) and the cloud's answer (cloud_label, and
+        confidence for an escalated row)."""
         now = time.time()
         values = [
             (r["request_id"], r.get("time", now), r["model_version"], r["route"], r["reason"], r["label"],
              r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]),
              r.get("latency_ms"), len(r["text"]), r.get("unfamiliar_share"), r.get("edge_confidence"),
              r.get("edge_label"))
+            + ((mask(r["text"]), r.get("cloud_label"), r["confidence"] if r["route"] == "cloud" else None)
+               if self.keep_text == "masked" else ())
             for r in rows
         ]  # fmt: skip
-        insert = f"INSERT INTO decisions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+        columns = self._columns
+        insert = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._lock:
             self._db.executemany(insert, values)
+
+    def purge(self, before: float) -> int:
+        """Remove the decisions older than ``before`` (seconds since the epoch) and their
+        feedback; return how many decisions went. The one path that deletes: in one transaction
+        the triggers are lifted, the old rows deleted and the triggers put back, so no other
+        writer ever sees the trail without them."""
+        old = "SELECT request_id FROM decisions WHERE time < ?"
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("decisions", "feedback"):
+                    self._db.execute(f"DROP TRIGGER {table}_no_DELETE")
+                self._db.execute(f"DELETE FROM feedback WHERE request_id IN ({old})", (before,))
+                removed = self._db.execute("DELETE FROM decisions WHERE time < ?", (before,)).rowcount
+                self._append_only()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return removed
 
     def feedback(self, request_id: str, true_label: str) -> bool:
         """Record the true label of a request, once: True when recorded, False when the same label
@@ -200,3 +243,35 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def training_rows(database: Path, since: float | None = None) -> list[dict]:
+    """What a trail kept with keep_text="masked" holds for retraining, oldest first: each
+    decision from ``since`` on with its time, masked_text (None in rows written before the trail
+    kept text), route, edge_label, cloud_label and the first feedback label (true_label). A
+    trail that keeps no text is refused, saying so."""
+    if not database.is_file():
+        raise AuditError(f"{database}: no audit trail there")
+    db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+        if not columns:
+            raise AuditError(f"{database}: not an audit trail (no decisions table)")
+        if not set(TRAINING_COLUMNS) <= columns:
+            raise AuditError(
+                f"{database}: this trail was kept with audit.keep_text=none, so it holds a keyed hash "
+                "of each text and never the text: there is nothing to learn from. Serve with "
+                "audit.keep_text=masked to keep the masked texts"
+            )
+        cursor = db.execute(
+            "SELECT d.time, d.masked_text, d.route, d.edge_label, d.cloud_label, (SELECT true_label "
+            "FROM feedback f WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) AS true_label "
+            "FROM decisions d WHERE d.time >= ? ORDER BY d.time, d.request_id",
+            (since if since is not None else float("-inf"),),
+        )
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+    except sqlite3.DatabaseError as exc:
+        raise AuditError(f"{database}: not readable as an audit trail ({exc})") from None
+    finally:
+        db.close()

@@ -363,7 +363,7 @@ def serve(
     cloud_model: CloudModelOption = None,
     min_confidence: MinConfidenceOption = None,
     no_cache: NoCacheOption = False,
-    audit: Annotated[Path | None, typer.Option(help="The audit trail, SQLite (audit).")] = None,
+    audit: Annotated[Path | None, typer.Option(help="The audit trail, SQLite (audit.path).")] = None,
 ) -> None:
     """Serve the router over HTTP; settings from --config, then --set, then the options here.
 
@@ -384,7 +384,7 @@ def serve(
     from edgeroute.releases import Follower, Releases, open_release
     from edgeroute.server import create_app
 
-    shortcuts = {"role": role, "host": host, "port": port, "audit": audit, "refresh_s": refresh_s,
+    shortcuts = {"role": role, "host": host, "port": port, "audit.path": audit, "refresh_s": refresh_s,
                  "canary_share": canary_share, "monitor.window_s": window}  # fmt: skip
     shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
     serving = serve_config(config, overrides, shortcuts, no_cache=no_cache)
@@ -400,7 +400,7 @@ def serve(
 
     try:  # each file's checksum when it is first read: only what this service loads
         loaded = {slot: build(*where, lazy=True) for slot, where in located.items() if where is not None}
-        audit_log = AuditLog(serving.audit)
+        audit_log = AuditLog(serving.audit.path, keep_text=serving.audit.keep_text)
     except (BundleError, AuditError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
     releases = Releases(loaded["champion"], loaded.get("canary"), serving.canary_share if canary else 0.0)

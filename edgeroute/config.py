@@ -255,6 +255,29 @@ class Thresholds(Frozen):
     trend_tolerance: float = Field(0.01, ge=0, description="change per bucket below which a metric is stable")
 
 
+KeepText = Literal["none", "masked"]
+
+
+class AuditConfig(Frozen):
+    """The audit trail (`edgeroute.audit`): where, what it keeps of a text, and for how long.
+
+    ``keep_text``: ``none`` keeps a keyed hash and the length of each text, never the text;
+    ``masked`` also keeps the text as the cloud sees it (personal data masked, never the raw
+    text), with the cloud's label and confidence: what retraining from production
+    (``data.production``) learns from. ``retention_days``: rows older than that are purged at
+    start and every hour (None: kept for ever). A bare path in YAML, or ``--audit``, is ``path``.
+    """
+
+    path: Path = Field(Path("work/audit/audit.db"), description="the audit trail (SQLite)")
+    keep_text: KeepText = "none"
+    retention_days: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_bare_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value
+
+
 class ServeConfig(Frozen):
     """Everything `edgeroute serve` runs with but the bundle: YAML (``--config``) and ``--set``.
 
@@ -264,7 +287,7 @@ class ServeConfig(Frozen):
     role: Literal["edge", "cloud"] = "edge"
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=0, le=65535)
-    audit: Path = Field(Path("work/audit/audit.db"), description="the audit trail (SQLite)")
+    audit: AuditConfig = AuditConfig()
     api_key_env: str = Field("EDGEROUTE_API_KEY", min_length=1)
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="answer on the edge from this confidence up (None: the bundle's)"

@@ -58,6 +58,7 @@ from edgeroute.router import Decision, Router, unicode_problem
 logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = ("closed", "half_open", "open")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+PURGE_EVERY_S = 3600.0  # how often rows past audit.retention_days are looked for
 
 
 def key_matches(given: bytes | None, api_key: str) -> bool:
@@ -411,9 +412,20 @@ def create_app(
             answered |= {i: (release, d) for i, d in zip(group, decisions, strict=True)}
         return [answered[i] for i in range(len(texts))]
 
+    async def purge() -> None:
+        """Every hour, from start: the rows past ``audit.retention_days`` removed."""
+        while True:
+            cutoff = time.time() - config.audit.retention_days * 86400
+            removed = await run_in_threadpool(audit.purge, cutoff)
+            if removed:
+                logger.info("audit trail: %d decisions past audit.retention_days purged", removed)
+            await asyncio.sleep(PURGE_EVERY_S)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(f.run(), name=f"edgeroute-follow-{f.slot}") for f in followers]
+        if config.audit.retention_days is not None:
+            tasks.append(asyncio.create_task(purge(), name="edgeroute-audit-retention"))
         yield
         for task in tasks:
             task.cancel()
@@ -510,8 +522,8 @@ def create_app(
             for r, text, (_, d) in zip(results, texts, answered, strict=True)
         ]  # fmt: skip
         audit.record(
-            r.model_dump() | asdict(o) | {"text": text}
-            for r, o, text in zip(results, observations, texts, strict=True)
+            r.model_dump() | asdict(o) | {"text": text, "cloud_label": d.cloud_label}
+            for r, o, text, (_, d) in zip(results, observations, texts, answered, strict=True)
         )
         for r, observation in zip(results, observations, strict=True):
             monitor.record(observation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import unicodedata
 from pathlib import Path
 
@@ -12,14 +13,14 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from edgeroute import tables
+from edgeroute import audit, tables
 from edgeroute.cloud import remote_cloud
 from edgeroute.files import atomic_directory
 from edgeroute.privacy import mask
 from edgeroute.router import chunks
 from edgeroute.tables import TableError, rows_phrase
 from tasks.support import synthetic, tracking
-from tasks.support.config import DataConfig, PipelineConfig
+from tasks.support.config import DataConfig, PipelineConfig, ProductionConfig
 from tasks.support.dataset import SPLITS, PreparedData
 
 # Input data that cannot be used, with the file, row and column at fault: the runtime's error
@@ -81,9 +82,14 @@ def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.D
     return clean.reset_index(drop=True), len(too_long)
 
 
+def text_key(texts: pd.Series) -> pd.Series:
+    """What makes two texts the same: case and spacing folded."""
+    return texts.str.casefold().str.split().str.join(" ")
+
+
 def deduplicate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     """Drop repeated texts (case and spacing folded), keeping the first; count label conflicts."""
-    key = frame["text"].str.casefold().str.split().str.join(" ")
+    key = text_key(frame["text"])
     conflicting = int((frame.groupby(key)["label"].nunique() > 1).sum())
     keep = ~key.duplicated()
     return frame[keep].reset_index(drop=True), int((~keep).sum()), conflicting
@@ -129,8 +135,8 @@ def stratified_split(frame: pd.DataFrame, config: DataConfig, seed: int) -> dict
 def digest_splits(splits: dict[str, pd.DataFrame]) -> str:
     """A sha256 of the split content: same rows in the same splits, same digest."""
     sha = hashlib.sha256()
-    for name in SPLITS:
-        for text, label in zip(splits[name]["text"], splits[name]["label"], strict=True):
+    for name, split in splits.items():
+        for text, label in zip(split["text"], split["label"], strict=True):
             sha.update(f"{name}\t{label}\t{text}\n".encode())
     return sha.hexdigest()
 
@@ -177,6 +183,72 @@ def label_with_cloud(raw: pd.DataFrame, config: PipelineConfig, source: str) -> 
     return frame.drop(index=frame.index[dropped]).reset_index(drop=True), report
 
 
+def production_rows(config: ProductionConfig, labels: list[str]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The labelled rows of the production trail (text masked, label, source, time) and the
+    counts of those it could not use: no text kept, no label but the edge's, a label outside
+    ``labels``."""
+    since = config.since.timestamp() if config.since is not None else None
+    try:
+        rows = audit.training_rows(config.trail, since)
+    except audit.AuditError as exc:
+        raise DataValidationError(f"data.production.trail: {exc}") from None
+    counts = {"decisions": len(rows), "no_text": 0, "edge_only": 0, "unknown_label": 0}
+    kept = []
+    for row in rows:
+        answers = {"feedback": row["true_label"], "cloud": row["cloud_label"]}
+        source = next((name for name in config.labels if answers[name] is not None), None)
+        if row["masked_text"] is None:
+            counts["no_text"] += 1
+        elif source is None:
+            counts["edge_only"] += 1
+        elif answers[source] not in labels:
+            counts["unknown_label"] += 1
+        else:
+            kept.append(
+                {"text": row["masked_text"], "label": answers[source], "source": source, "time": row["time"]}
+            )
+    return pd.DataFrame(kept, columns=["text", "label", "source", "time"]), counts
+
+
+def merge_production(
+    splits: dict[str, pd.DataFrame], config: ProductionConfig, seed: int
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """``splits`` with the production rows added to ``train`` and the latest feedback-labelled
+    ones as ``production_holdout``; none whose text is in the base set (masked as production
+    texts are), the test split above all. Returns them and the counts of each source."""
+    labels = sorted(set(splits["train"]["label"]))
+    rows, counts = production_rows(config, labels)
+    base = pd.concat([splits[name] for name in SPLITS])
+    in_test = text_key(rows["text"]).isin(set(text_key(splits["test"]["text"].map(mask))))
+    in_base = text_key(rows["text"]).isin(set(text_key(base["text"].map(mask))))
+    counts["in_test_split"] = int(in_test.sum())
+    counts["in_base_set"] = int((in_base & ~in_test).sum())
+    # One row a text: the label of the highest precedence, then the latest.
+    rank = rows["source"].map({name: i for i, name in enumerate(config.labels)})
+    rows = rows[~in_base].assign(rank=rank).sort_values(["rank", "time"], ascending=[True, False])
+    repeated = text_key(rows["text"]).duplicated()
+    counts["repeated"] = int(repeated.sum())
+    rows = rows[~repeated].sort_values("time", kind="stable")
+    feedback = rows[rows["source"] == "feedback"]
+    holdout = feedback.tail(math.ceil(len(feedback) * config.holdout_share))
+    train = rows.drop(index=holdout.index)
+    counts |= {"holdout": len(holdout)} | {
+        f"train_{name}": int((train["source"] == name).sum()) for name in ("feedback", "cloud")
+    }
+    if len(train) < config.min_rows:
+        details = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise DataValidationError(
+            f"data.production.trail {config.trail}: {len(train)} rows to train on, fewer than "
+            f"data.production.min_rows={config.min_rows} ({details})"
+        )
+    merged = pd.concat([splits["train"], train[["text", "label"]]], ignore_index=True)
+    order = np.random.default_rng(seed).permutation(len(merged))
+    splits = splits | {"train": merged.iloc[order].reset_index(drop=True)}
+    if len(holdout):
+        splits["production_holdout"] = holdout[["text", "label"]].reset_index(drop=True)
+    return splits, counts
+
+
 def load_source(config: DataConfig, seed: int) -> tuple[pd.DataFrame, str]:
     """The raw rows and a name for where they came from."""
     if config.path is None:
@@ -209,6 +281,10 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
     unique, removed, conflicting = deduplicate(clean)
     class_counts = check_classes(unique, source, len(SPLITS))
     splits = stratified_split(unique, data, config.seed)
+    production: dict = {}
+    if data.production is not None:
+        splits, production = merge_production(splits, data.production, config.seed)
+        source += f" + production({data.production.trail})"
     digest = digest_splits(splits)
     prepared = PreparedData(
         directory=(config.work_dir / "data" / digest[:16]).resolve(),
@@ -222,6 +298,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
         class_counts=class_counts,
         split_counts={name: len(split) for name, split in splits.items()},
         cloud_labels=cloud_labels,
+        production=production,
     )
     if not (prepared.directory / "data.json").is_file():
         card = prepared.to_json() | {"config": data.model_dump(mode="json"), "seed": config.seed}
@@ -263,6 +340,7 @@ def prepare_data(config: PipelineConfig) -> PreparedData:
                 for k in ("labelled", "dropped")
                 if prepared.cloud_labels
             }
+            | {f"production_{k}": v for k, v in prepared.production.items()}
             | {f"{name}_rows": count for name, count in prepared.split_counts.items()},
         )
         tracking.set_tags(run_id, {"data.digest": prepared.digest, "data.source": prepared.source})

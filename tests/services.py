@@ -99,7 +99,7 @@ def edge_service(
     url = [f"cloud.url={json.dumps(cloud_url)}"] if cloud_url else []
     config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *url, *settings])
     release = open_release(bundle_path, "test/1", config, breaker or CircuitBreaker(), lazy=False)
-    audit = AuditLog(tmp_path / "audit.db")
+    audit = AuditLog(tmp_path / "audit.db", keep_text=config.audit.keep_text)
     monitor = Monitor(config.monitor, release.router.settings.costs)
     app = create_app(Releases(release), audit, monitor, config, api_key=api_key)
     return Service(app), audit

@@ -8,6 +8,7 @@ validating are the runtime's (`edgeroute.config`), shared with the serve config.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,12 +41,38 @@ class SplitConfig(Frozen):
         return self.model_dump()
 
 
+class ProductionConfig(Frozen):
+    """Production as a data source: what an audit trail kept with ``audit.keep_text: masked``
+    saw from ``since`` on (None: all of it).
+
+    A row's label comes from the first of ``labels`` it has: ``feedback`` (a user's true label)
+    or ``cloud`` (the cloud's answer, to an escalated or shadowed text). An edge answer is
+    never a label. The latest ``holdout_share`` of the feedback-labelled rows, by time, are the
+    production holdout, never trained on. Fewer than ``min_rows`` rows to train on is an error.
+    """
+
+    trail: Path = Field(description="the audit trail (SQLite) of the service whose traffic is learnt from")
+    since: datetime | None = None
+    min_rows: int = Field(50, ge=1)
+    labels: tuple[Literal["feedback", "cloud"], ...] = Field(("feedback", "cloud"), min_length=1)
+    holdout_share: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("labels")
+    @classmethod
+    def _each_once(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"each source at most once, got {list(labels)}")
+        return labels
+
+
 class DataConfig(Frozen):
     """Where the messages come from and how they are validated and split.
 
     With no ``path`` the seeded generator makes a sentiment dataset of ``n_samples``. With
     ``label_with_cloud``, rows without a label (all of them when there is no label column) are
-    labelled by the cloud tier (``cloud``), choosing among ``labels``.
+    labelled by the cloud tier (``cloud``), choosing among ``labels``. With ``production``, the
+    training split also learns from a service's traffic (`ProductionConfig`); the test split
+    stays the base set's.
     """
 
     path: Path | None = None
@@ -61,6 +88,7 @@ class DataConfig(Frozen):
     )
     labels: tuple[str, ...] | None = Field(None, min_length=2, description="the labels the cloud may answer")
     splits: SplitConfig = SplitConfig()
+    production: ProductionConfig | None = None
 
 
 class ModelConfig(Frozen):

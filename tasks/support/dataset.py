@@ -29,6 +29,9 @@ class PreparedData:
     # Rows labelled by the cloud tier (data.label_with_cloud): how many, how many of its answers
     # were dropped, by which backend and model. Empty when the data came labelled.
     cloud_labels: dict[str, Any] = field(default_factory=dict)
+    # Rows learnt from production (data.production): per source, and those left out and why.
+    # Empty without. Its holdout, when there is one, is the split "production_holdout".
+    production: dict[str, int] = field(default_factory=dict)
 
     def path(self, split: str) -> Path:
         return self.directory / f"{split}.parquet"
