@@ -274,13 +274,13 @@ def recommendations(metrics: dict[str, Any], alerts: list[str]) -> list[str]:
         )
     if metrics["accuracy"] is not None and metrics["accuracy"] < 0.9:
         advice.append(
-            "Accuracy from feedback is low: retrain on recent labelled messages "
-            "(training-pipeline/on-demand) and check for new topics or labels."
+            "Accuracy from feedback is low: retrain on what production saw "
+            "(training-pipeline/retrain-from-production) and check for new topics or labels."
         )
     if any(a.startswith("drift") for a in alerts):
         advice.append(
-            "The inputs have drifted from what the model was trained on: label a sample of recent "
-            "messages and retrain on them (training-pipeline/on-demand)."
+            "The inputs have drifted from what the model was trained on: retrain on what production "
+            "saw (training-pipeline/retrain-from-production), or label a sample of recent messages."
         )
     if any(a.startswith("cost_per_query") for a in alerts):
         advice.append("Cost per query is high: too many escalations; raise the edge share target.")

@@ -1,7 +1,8 @@
 """Watch a running router: publish its health and emit whether it is degraded, as a Prefect event.
 
-Retraining is not started here: the deployment trigger of training-pipeline/on-demand
-(prefect.yaml) runs it when the server has seen enough `edgeroute.router.degraded` events.
+Retraining is not started here: the deployment trigger of
+training-pipeline/retrain-from-production (prefect.yaml) runs it when the server has seen enough
+`edgeroute.router.degraded` events.
 """
 
 from __future__ import annotations

@@ -29,10 +29,17 @@ from tasks.support.summary import summarize_run
 
 @flow(name="training-pipeline")
 def training_pipeline(
-    preset: str = "demo", overrides: list[str] | None = None, data_path: str | None = None
+    preset: str = "demo",
+    overrides: list[str] | None = None,
+    data_path: str | None = None,
+    production_trail: str | None = None,
 ) -> dict[str, str]:
-    """Train, compress, gate, calibrate, register and promote the edge/cloud pair, tracked in MLflow."""
+    """Train, compress, gate, calibrate, register and promote the edge/cloud pair, tracked in MLflow.
+
+    ``production_trail``: an audit trail kept with ``audit.keep_text: masked``, whose cloud
+    answers and feedback the training split learns from (``data.production``)."""
     settings = list(overrides or []) + ([f"data.path={data_path}"] if data_path else [])
+    settings += [f"data.production.trail={production_trail}"] if production_trail else []
     config = load_config(preset, settings)
     run_name = f"{config.name}-{flow_run.get_name()}"
     tags = {"preset": preset, "prefect.flow_run_id": str(flow_run.get_id())}

@@ -21,7 +21,7 @@ from edgeroute.router import chunks
 from edgeroute.tables import TableError, rows_phrase
 from tasks.support import synthetic, tracking
 from tasks.support.config import DataConfig, PipelineConfig, ProductionConfig
-from tasks.support.dataset import SPLITS, PreparedData
+from tasks.support.dataset import PRODUCTION_HOLDOUT, SPLITS, PreparedData
 
 # Input data that cannot be used, with the file, row and column at fault: the runtime's error
 # for a table it cannot read, so that both sides answer bad input alike.
@@ -211,11 +211,13 @@ def production_rows(config: ProductionConfig, labels: list[str]) -> tuple[pd.Dat
 
 
 def merge_production(
-    splits: dict[str, pd.DataFrame], config: ProductionConfig, seed: int
+    splits: dict[str, pd.DataFrame], config: ProductionConfig, fractions: dict[str, float], seed: int
 ) -> tuple[dict[str, pd.DataFrame], dict]:
-    """``splits`` with the production rows added to ``train`` and the latest feedback-labelled
-    ones as ``production_holdout``; none whose text is in the base set (masked as production
-    texts are), the test split above all. Returns them and the counts of each source."""
+    """``splits`` with the production rows shared among train, validation and calibration in
+    the proportions ``fractions`` gives them (so the router is calibrated on production's texts
+    too), and the latest feedback-labelled ones as `PRODUCTION_HOLDOUT`; none whose text is in
+    the base set (masked as production texts are), the fixed test split above all. Returns them
+    and the counts: of each source, of each split, and of what was left out and why."""
     labels = sorted(set(splits["train"]["label"]))
     rows, counts = production_rows(config, labels)
     base = pd.concat([splits[name] for name in SPLITS])
@@ -231,22 +233,29 @@ def merge_production(
     rows = rows[~repeated].sort_values("time", kind="stable")
     feedback = rows[rows["source"] == "feedback"]
     holdout = feedback.tail(math.ceil(len(feedback) * config.holdout_share))
-    train = rows.drop(index=holdout.index)
+    learnt = rows.drop(index=holdout.index)
     counts |= {"holdout": len(holdout)} | {
-        f"train_{name}": int((train["source"] == name).sum()) for name in ("feedback", "cloud")
+        name: int((learnt["source"] == name).sum()) for name in ("feedback", "cloud")
     }
-    if len(train) < config.min_rows:
+    if len(learnt) < config.min_rows:
         details = ", ".join(f"{k} {v}" for k, v in counts.items())
         raise DataValidationError(
-            f"data.production.trail {config.trail}: {len(train)} rows to train on, fewer than "
+            f"data.production.trail {config.trail}: {len(learnt)} rows to learn from, fewer than "
             f"data.production.min_rows={config.min_rows} ({details})"
         )
-    merged = pd.concat([splits["train"], train[["text", "label"]]], ignore_index=True)
-    order = np.random.default_rng(seed).permutation(len(merged))
-    splits = splits | {"train": merged.iloc[order].reset_index(drop=True)}
+    rng = np.random.default_rng(seed)
+    learnt = learnt.iloc[rng.permutation(len(learnt))]
+    shares = {name: fractions[name] for name in SPLITS if name != "test"}
+    cuts = np.round(np.cumsum([0, *shares.values()]) / sum(shares.values()) * len(learnt)).astype(int)
+    merged = dict(splits)
+    for name, start, end in zip(shares, cuts[:-1], cuts[1:], strict=True):
+        part = learnt.iloc[start:end][["text", "label"]]
+        counts[f"to_{name}"] = len(part)
+        joined = pd.concat([splits[name], part], ignore_index=True)
+        merged[name] = joined.iloc[rng.permutation(len(joined))].reset_index(drop=True)
     if len(holdout):
-        splits["production_holdout"] = holdout[["text", "label"]].reset_index(drop=True)
-    return splits, counts
+        merged[PRODUCTION_HOLDOUT] = holdout[["text", "label"]].reset_index(drop=True)
+    return merged, counts
 
 
 def load_source(config: DataConfig, seed: int) -> tuple[pd.DataFrame, str]:
@@ -283,7 +292,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
     splits = stratified_split(unique, data, config.seed)
     production: dict = {}
     if data.production is not None:
-        splits, production = merge_production(splits, data.production, config.seed)
+        splits, production = merge_production(splits, data.production, data.splits.as_dict(), config.seed)
         source += f" + production({data.production.trail})"
     digest = digest_splits(splits)
     prepared = PreparedData(

@@ -188,6 +188,19 @@ def _card_head(card: _Card) -> list[str]:
     ]
 
 
+def _production_line(counts: Mapping[str, int]) -> str | None:
+    """The production rows of the training split by source, and those left out (`data.production`)."""
+    if not counts:
+        return None
+    return (
+        f"{counts['feedback']:,} rows labelled by feedback, {counts['cloud']:,} by the cloud (train "
+        f"{counts['to_train']:,}, validation {counts['to_validation']:,}, calibration "
+        f"{counts['to_calibration']:,}); {counts['holdout']:,} held out; left out: "
+        f"{counts['in_test_split']:,} in the test split, {counts['edge_only']:,} answered on the edge "
+        "without feedback"
+    )
+
+
 def _card_data(card: _Card) -> list[str]:
     data, rows, cloud_labelled = card.data, None, None
     if data is not None:
@@ -209,6 +222,7 @@ def _card_data(card: _Card) -> list[str]:
             "rows": rows,
             "splits": " · ".join(f"{split} {count:,}" for split, count in splits.items()) or None,
             "labelled by the cloud tier": cloud_labelled,
+            "learnt from production": _production_line(data.production) if data is not None else None,
         }
     )
     return ["### Data", "", *lines]

@@ -4,7 +4,7 @@ Every check emits a Prefect event about the service (resource ``edgeroute.servic
 `DEGRADED` when the report breaches a retraining condition (`breaches`: accuracy from feedback
 or the edge share below its floor, or input drift past its threshold), `HEALTHY` otherwise,
 with the figures as payload. Whether and when to retrain is not decided here: the deployment
-trigger of ``training-pipeline/on-demand`` in prefect.yaml, an automation on the Prefect
+trigger of ``training-pipeline/retrain-from-production`` in prefect.yaml, an automation on the Prefect
 server, counts the degraded events and runs the deployment.
 """
 

@@ -30,7 +30,7 @@ from tasks.calibrate import evaluate
 from tasks.model_card import bundle_data, finite, gate_figures, model_card
 from tasks.support import pyfunc_model, synthetic, tracking
 from tasks.support.config import GateConfig, PipelineConfig, PromotionConfig
-from tasks.support.dataset import PreparedData
+from tasks.support.dataset import PRODUCTION_HOLDOUT, PreparedData
 from tasks.support.pyfunc_model import BUNDLE_ARTIFACT, decisions_frame
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -214,22 +214,48 @@ def decide(
     cloud: CloudConfig | None = None,
 ) -> dict[str, Any]:
     """Promote the challenger unless it is worse than the champion on the champion's test split,
-    both routed to ``cloud`` (default: each bundle's own FP32 model)."""
+    or on the production holdout of the challenger's data when it has one, both routed to
+    ``cloud`` (default: each bundle's own FP32 model). The verdict names every split judged on."""
     champion = version_by_alias(name, CHAMPION)
     if champion is None:
         return set_champion(name, challenger.version, "first champion") | {"promoted": True}
-    frame, source = champion_test_split(champion, data)
-    scores = {
-        role: evaluate(registered_router(f"models:/{name}/{version}", cloud), frame)[settings.metric]
+    test, source = champion_test_split(champion, data)
+    judged = {"test": (test, source)}
+    if data.path(PRODUCTION_HOLDOUT).is_file():
+        judged[PRODUCTION_HOLDOUT] = (
+            data.frame(PRODUCTION_HOLDOUT),
+            f"the production holdout of {data.directory}",
+        )
+    routers = {
+        role: registered_router(f"models:/{name}/{version}", cloud)
         for role, version in ((CHAMPION, champion.version), (CHALLENGER, challenger.version))
     }
-    tracking.log_metrics(run_id, {f"{role}_{settings.metric}": score for role, score in scores.items()})
-    promoted = scores[CHALLENGER] >= scores[CHAMPION] - settings.tolerance
-    verdict = (
-        f"{settings.metric} {scores[CHALLENGER]:.4f} vs champion v{champion.version} {scores[CHAMPION]:.4f} "
-        f"(tolerance {settings.tolerance:g}) on {source}"
+    scores = {
+        split: {role: evaluate(router, frame)[settings.metric] for role, router in routers.items()}
+        for split, (frame, _) in judged.items()
+    }
+    tracking.log_metrics(
+        run_id,
+        {
+            f"{role}_{settings.metric}" if split == "test" else f"{role}_{split}_{settings.metric}": score
+            for split, by_role in scores.items()
+            for role, score in by_role.items()
+        },
     )
-    result = {"promoted": promoted, "champion": str(champion.version), "scores": scores, "reason": verdict}
+    promoted = all(s[CHALLENGER] >= s[CHAMPION] - settings.tolerance for s in scores.values())
+    verdict = "; ".join(
+        f"{settings.metric} {s[CHALLENGER]:.4f} vs champion v{champion.version} {s[CHAMPION]:.4f} "
+        f"(tolerance {settings.tolerance:g}) on {judged[split][1]}"
+        for split, s in scores.items()
+    )
+    result = {
+        "promoted": promoted,
+        "champion": str(champion.version),
+        "scores": scores["test"],
+        "reason": verdict,
+    }
+    if PRODUCTION_HOLDOUT in scores:
+        result[f"{PRODUCTION_HOLDOUT}_scores"] = scores[PRODUCTION_HOLDOUT]
     if promoted:
         result |= set_champion(name, challenger.version, verdict)
     return result

@@ -10,6 +10,8 @@ from typing import Any
 import pandas as pd
 
 SPLITS = ("train", "validation", "calibration", "test")
+# The latest feedback-labelled production rows (data.production), never trained on.
+PRODUCTION_HOLDOUT = "production_holdout"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """prefect.yaml end to end: a Prefect server and a process worker on 127.0.0.1, the deployments
 applied with `prefect deploy --all`, runs started with `prefect deployment run ... --watch`, and
-the deployment trigger of training-pipeline/on-demand acting on the monitor's events."""
+the deployment trigger of training-pipeline/retrain-from-production acting on the monitor's events."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ def test_the_deployments_of_prefect_yaml_are_applied_with_their_schedules(stack)
     assert "'cron': '0 2 * * *'" in done.stdout and "'preset': 'demo'" in done.stdout
     listed = stack.prefect("deployment", "ls")
     assert "training-pipeline/on-demand" in listed.stdout
+    weekly = stack.prefect("deployment", "inspect", "training-pipeline/retrain-from-production")
+    assert weekly.returncode == 0, weekly.stderr
+    assert (
+        "'cron': '0 3 * * 1'" in weekly.stdout
+        and "'production_trail': 'work/audit/audit.db'" in weekly.stdout
+    )
 
 
 def test_on_demand_runs_register_the_model_and_a_failed_gate_keeps_the_champion(stack, tmp_path):
@@ -149,7 +155,7 @@ def poll(read, done, timeout_s: float = 60):
 
 def test_a_degraded_service_runs_training_once_through_the_deployment_trigger(stack, tiny_bundle, tmp_path):
     with api(stack) as client:
-        training = client.read_deployment_by_name("training-pipeline/on-demand")
+        training = client.read_deployment_by_name("training-pipeline/retrain-from-production")
         [automation] = client.read_automations_by_name("retrain-when-the-router-degrades")
     trigger = automation.trigger
     assert automation.enabled and trigger.expect == {DEGRADED} and trigger.posture == "Reactive"
@@ -195,7 +201,7 @@ def test_a_degraded_service_runs_training_once_through_the_deployment_trigger(st
             assert len(runs) == 1, [(r.name, r.created) for r in runs]
             [run] = runs
             assert run.created_by.type == "AUTOMATION" and run.state_type == StateType.SCHEDULED
-            assert run.parameters == {"preset": "demo"}, "the deployment's defaults"
+            assert run.parameters == {"preset": "demo", "production_trail": "work/audit/audit.db"}
     finally:
         service.stop()
         audit.close()

@@ -61,22 +61,26 @@ def trail(tmp_path):
     return database, splits
 
 
-def test_production_rows_join_the_training_split_by_label_precedence(tmp_path, trail):
+def test_production_rows_join_the_splits_by_label_precedence_and_the_test_split_stays(tmp_path, trail):
     database, base = trail
     prepared, splits = _production(tmp_path, database, "data.production.min_rows=10")
     counts = prepared.production
     feedback_rows = 10 + 4
     holdout = math.ceil(feedback_rows * 0.2)
     assert counts["decisions"] == 50 and counts["edge_only"] == 4 and counts["in_test_split"] == 1
-    assert counts["holdout"] == holdout and counts["train_feedback"] == feedback_rows - holdout
-    assert counts["train_cloud"] == 30 + 1  # the c rows without feedback, and the e-mail's
-    train = dict(zip(splits["train"]["text"], splits["train"]["label"], strict=True))
+    assert counts["holdout"] == holdout and counts["feedback"] == feedback_rows - holdout
+    assert counts["cloud"] == 30 + 1  # the c rows without feedback, and the e-mail's
+    # Shared 7 : 1 : 1 as the base set's train, validation and calibration fractions are.
+    assert [counts[f"to_{name}"] for name in ("train", "validation", "calibration")] == [33, 4, 5]
+    for name in ("train", "validation", "calibration"):
+        assert len(splits[name]) == len(base[name]) + counts[f"to_{name}"]
+    learnt = pd.concat([splits[name] for name in ("train", "validation", "calibration")])
+    labels = dict(zip(learnt["text"], learnt["label"], strict=True))
     # Feedback overrules the cloud; an edge answer is never a label; the test split stays out.
-    assert train["production order 0 never arrived"] == "positive"
-    assert train["production order 20 never arrived"] == "negative"
-    assert "production question 5 about fees" not in train and "production question 0 about fees" in train
+    assert labels["production order 0 never arrived"] == "positive"
+    assert labels["production order 20 never arrived"] == "negative"
+    assert "production question 5 about fees" not in labels and "production question 0 about fees" in labels
     pd.testing.assert_frame_equal(splits["test"], base["test"])
-    assert len(splits["train"]) == len(base["train"]) + counts["train_feedback"] + counts["train_cloud"]
     assert prepared.split_counts["production_holdout"] == holdout
     assert prepared.source.endswith(f"+ production({database})")
 
@@ -88,13 +92,15 @@ def test_the_holdout_is_the_latest_feedback_and_is_never_trained_on(tmp_path, tr
     # The latest feedback-labelled rows are e3, e2, e1: the edge-only texts come last in time.
     assert set(holdout["text"]) == {f"production question {i} about fees" for i in (1, 2, 3)}
     assert set(holdout["label"]) == {"positive"}
-    assert not set(holdout["text"]) & set(splits["train"]["text"])
+    learnt = pd.concat([splits[name] for name in ("train", "validation", "calibration")])
+    assert not set(holdout["text"]) & set(learnt["text"])
 
 
 def test_no_raw_personal_data_in_anything_the_data_stage_writes(tmp_path, trail):
     database, _ = trail
     prepared, splits = _production(tmp_path, database, "data.production.min_rows=10")
-    assert any(text.startswith("write to <") for text in splits["train"]["text"])
+    learnt = pd.concat([splits[name] for name in ("train", "validation", "calibration")])
+    assert any(text.startswith("write to <") for text in learnt["text"])
     for path in prepared.directory.iterdir():
         assert b"ben.482" not in path.read_bytes(), path  # the base set has generated e-mails of its own
     assert b"ben.482" not in database.read_bytes()
@@ -104,7 +110,7 @@ def test_too_few_rows_is_an_error_before_any_training_naming_the_counts(tmp_path
     database, _ = trail
     counts = r"\(decisions 50, no_text 0, edge_only 4, unknown_label 0, in_test_split 1, in_base_set 0"
     with pytest.raises(
-        DataValidationError, match=rf"42 rows to train on, fewer than .*min_rows=100 {counts}"
+        DataValidationError, match=rf"42 rows to learn from, fewer than .*min_rows=100 {counts}"
     ):
         _production(tmp_path, database, "data.production.min_rows=100")
     assert len(list((tmp_path / "work" / "data").iterdir())) == 1  # the base set's, and no other
@@ -116,7 +122,7 @@ def test_feedback_alone_as_the_label_source_leaves_the_clouds_answers_out(tmp_pa
         tmp_path, database, "data.production.min_rows=5", "data.production.labels=[feedback]",
         "data.production.holdout_share=0",
     )  # fmt: skip
-    assert prepared.production["train_feedback"] == 14 and prepared.production["train_cloud"] == 0
+    assert prepared.production["feedback"] == 14 and prepared.production["cloud"] == 0
     assert prepared.production["edge_only"] == 4 + 32  # without feedback the cloud rows are unlabelled too
 
 
