@@ -89,6 +89,35 @@ def test_promotion_first_champion_then_only_if_not_worse(tiny_bundle, tiny_prepa
     assert str(champion.version) == third.version and champion.tags["previous_champion"] == first.version
 
 
+def test_promotion_also_judges_on_the_production_holdout(tiny_bundle, tiny_prepared, tmp_path, parent_run):
+    _, data = tiny_prepared
+    by_edge_share = PromotionConfig(metric="edge_share", tolerance=0.0)
+    everything = {"min_confidence": 0.0, "max_complexity": 1.0}
+    bold = variant_bundle(tiny_bundle, tmp_path / "bold", **everything, max_unfamiliar_share=1.0)
+    registry.decide(NAME, registry.register_bundle(bold, NAME, ["hi"]), data, by_edge_share, parent_run)
+    # The same on the test split; on unfamiliar production traffic it escalates everything.
+    wary = variant_bundle(tiny_bundle, tmp_path / "wary", **everything, max_unfamiliar_share=0.5)
+    second = registry.register_bundle(wary, NAME, ["hi"])
+    shutil.copytree(data.directory, tmp_path / "data")
+    production = replace(data, directory=tmp_path / "data")
+    gibberish = ["Zqxjkv wvbnmq", "Xqwv zzkt pflrm", "Qqqz vvkx jjwp"]
+    pd.DataFrame({"text": gibberish, "label": data.labels[0]}).to_parquet(
+        production.path("production_holdout")
+    )
+
+    decision = registry.decide(NAME, second, production, by_edge_share, parent_run)
+    assert decision["scores"] == {"champion": 1.0, "challenger": 1.0}
+    assert decision["production_holdout_scores"] == {"champion": 1.0, "challenger": 0.0}
+    assert (
+        not decision["promoted"]
+        and f"on the production holdout of {production.directory}" in decision["reason"]
+    )
+    assert MlflowClient().get_run(parent_run).data.metrics["challenger_production_holdout_edge_share"] == 0.0
+    assert registry.decide(NAME, second, data, by_edge_share, parent_run)["promoted"], (
+        "judged on the test split"
+    )
+
+
 def test_promote_and_rollback_from_the_command_line(tiny_bundle, parent_run, mlflow_uri, tmp_path):
     for _ in range(2):
         registry.register_bundle(tiny_bundle, NAME, ["hi"])
