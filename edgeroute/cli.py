@@ -432,6 +432,10 @@ def serve(
     typer.echo(
         f"edgeroute {serving.role} service, model {versions}{following}, on http://{serving.host}:{serving.port}"
     )
+    trail = serving.audit
+    kept = "masked texts kept" if trail.keep_text == "masked" else "no text kept"
+    kept += f", for {trail.retention_days:g} days" if trail.retention_days is not None else ""
+    typer.echo(f"audit trail {trail.path}: {kept}")
     limits = serving.limits
     uvicorn.run(
         app, host=serving.host, port=serving.port, log_level="warning", access_log=False,

@@ -46,9 +46,16 @@ def train(
     preset: Preset = "demo",
     overrides: Overrides = None,
     data: Annotated[str | None, typer.Option(help="Your own CSV, JSONL or Parquet file.")] = None,
+    production_trail: Annotated[
+        str | None,
+        typer.Option(
+            help="Learn from a service's audit trail kept with audit.keep_text=masked (data.production)."
+        ),
+    ] = None,
 ) -> None:
     """Run the training pipeline flow (Prefect) and print where its outputs are."""
     settings = list(overrides or []) + ([f"data.path={data}"] if data else [])
+    settings += [f"data.production.trail={production_trail}"] if production_trail else []
     try:
         load_config(preset, settings)
     except ConfigError as exc:
