@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
@@ -17,17 +18,47 @@ from edgeroute.cloud import CircuitBreaker
 from edgeroute.config import load_serve_config
 from edgeroute.releases import open_release
 from flows.training import training_pipeline
-from tasks.support.dataset import PRODUCTION_HOLDOUT, PreparedData
+from tasks.support.dataset import PRODUCTION_HOLDOUT, SPLITS, PreparedData
 from tasks.support.synthetic import generate
 from tests.services import edge_service
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 STREAM = 400  # new messages the first service answers
 FEEDBACK_EVERY = 4  # one request in four gets its true label back
+# 25 messages carrying personal data of every kind the masker knows, with feedback on each, so
+# that all of them reach the next training split: none of the raw values may be kept anywhere.
+PROBES = [
+    ("please write to {} about the refund that never came", "zq.probe01@flywheel-probe.org", "negative"),
+    ("my email is {} and the app still crashes", "amelie.probe02@flywheel-probe.net", "negative"),
+    ("send the invoice to {} thanks, it was great", "probe03.k@flywheel-probe.io", "positive"),
+    ("contact {} because my parcel is late again", "jo_probe04@flywheel-probe.co.uk", "negative"),
+    ("reach me at {} the support was excellent", "probe05+x@flywheel-probe.com", "positive"),
+    ("card {} was charged twice for one order", "4539 1488 0343 6467", "negative"),
+    ("the card ending {} got a refund, lovely", "5425 2334 3010 9903", "positive"),
+    ("why was my card {} declined at checkout", "3782 822463 10005", "negative"),
+    ("IBAN {} still shows no transfer", "GB33 BUKB 2020 1555 5555 55", "negative"),
+    ("please pay into IBAN {} next week", "FR14 2004 1010 0505 0001 3M02 606", "neutral"),
+    ("call me on {} about the broken charger", "+44 20 7946 0321", "negative"),
+    ("my phone {} never got the code", "+1 415-555-0198", "negative"),
+    ("text {} when the courier is close", "(020) 7946 0777", "neutral"),
+    ("my NI number is {} and my tax form is wrong", "QQ 48 21 77 D", "negative"),
+    ("passport number {} was rejected by your form", "612389054", "negative"),
+    ("payment for account {} failed again", "73019466", "negative"),
+    ("order {} arrived broken, I want my money back", "#562917", "negative"),
+    ("my order {} came early, thank you", "ORD-7QX31KZ9", "positive"),
+    ("login from {} was blocked by mistake", "192.0.2.144", "negative"),
+    ("my date of birth: {} is wrong on the account", "23/11/1987", "negative"),
+    ("I live at {}, Springfield and nothing arrived", "77 Willowbrook Street", "negative"),
+    ("Hi, my name is {} and the service was wonderful", "Rosalind Featherstone", "positive"),
+    ("ticket {} is still open after two weeks", "TK58213", "negative"),
+    ("the code {} from the letter does not work", "88127364", "negative"),
+    ("reference {} only, please cancel my plan", "4411902", "neutral"),
+]
 
 
 def _serve_stream(bundle: Path, tmp_path: Path, stream: list[dict]) -> list[str]:
-    """Send ``stream`` through the service of ``bundle``, feedback on a share; the escalated texts."""
+    """Send ``stream`` through the service of ``bundle``, feedback on a share and on every
+    probe; the escalated texts."""
     running, audit = edge_service(bundle, tmp_path, None, None, "audit.keep_text=masked")
     escalated = []
     try:
@@ -38,7 +69,7 @@ def _serve_stream(bundle: Path, tmp_path: Path, stream: list[dict]) -> list[str]
             for i, (row, result) in enumerate(zip(chunk, response.json()["results"], strict=True)):
                 if result["route"] == "cloud":
                     escalated.append(row["text"])
-                if (start + i) % FEEDBACK_EVERY == 0:
+                if (start + i) % FEEDBACK_EVERY == 0 or row.get("probe"):
                     body = {"request_id": result["request_id"], "label": row["label"]}
                     assert httpx.post(f"{running.url}/v1/feedback", json=body).status_code == 200
     finally:
@@ -58,8 +89,10 @@ def test_the_second_student_answers_on_the_edge_a_text_the_first_escalated(tmp_p
     first = training_pipeline(preset="tiny", overrides=work)
     seen = set(PreparedData.load(Path(first["data_dir"])).frame("train")["text"])
     stream = [row for row in generate(STREAM + 200, seed=11) if row["text"] not in seen][:STREAM]
+    stream += [{"text": text.format(value), "label": label, "probe": True} for text, value, label in PROBES]
     escalated = _serve_stream(Path(first["bundle"]), tmp_path, stream)
     assert 0 < len(escalated) < len(stream), "the first model escalates part of the stream"
+    escalated = [text for text in escalated if not any(value in text for _, value, _ in PROBES)]
 
     second = training_pipeline(
         preset="tiny",
@@ -68,7 +101,12 @@ def test_the_second_student_answers_on_the_edge_a_text_the_first_escalated(tmp_p
     )
     data = PreparedData.load(Path(second["data_dir"]))
     counts = data.production
-    assert counts["train_cloud"] > 0 and counts["train_feedback"] > 0 and counts["holdout"] > 0
+    assert (
+        counts["cloud"] > 0
+        and counts["feedback"] > 0
+        and counts["holdout"] > 0
+        and counts["to_calibration"] > 0
+    )
     assert len(data.frame("train")) > len(PreparedData.load(Path(first["data_dir"])).frame("train"))
 
     client = MlflowClient(mlflow_uri)
@@ -77,7 +115,7 @@ def test_the_second_student_answers_on_the_edge_a_text_the_first_escalated(tmp_p
         [parent.info.experiment_id],
         f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = 'data'",
     )
-    assert data_run.data.metrics["production_train_cloud"] == counts["train_cloud"]
+    assert data_run.data.metrics["production_cloud"] == counts["cloud"]
     [promote_run] = client.search_runs(
         [parent.info.experiment_id],
         f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.run_name = 'promote'",
@@ -90,3 +128,17 @@ def test_the_second_student_answers_on_the_edge_a_text_the_first_escalated(tmp_p
     answers = release.route(escalated)
     on_edge = [text for text, d in zip(escalated, answers, strict=True) if d.route == "edge"]
     assert on_edge, json.dumps({"escalated": len(escalated), "second": [d.reason for d in answers]})
+
+    # Every probe was trained on or held out, masked; no raw value is in any file written: the
+    # trail, the data splits, checkpoints and bundles, the MLflow store, its artifacts and the
+    # model cards (registered versions' descriptions, in the store).
+    kept = pd.concat([data.frame(name) for name in (*SPLITS, PRODUCTION_HOLDOUT)])["text"]
+    assert sum(text.startswith("please write to <EMAIL_ADDRESS>") for text in kept) == 1
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "model_card.md" for path in files) and any(
+        path.suffix == ".onnx" for path in files
+    )
+    for path in files:
+        content = path.read_bytes()
+        found = [value for _, value, _ in PROBES if value.encode() in content]
+        assert not found, f"{path}: {found}"
