@@ -126,12 +126,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_service(bundle: Path, role: str, workdir: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    """``edgeroute serve`` on a free 127.0.0.1 port, once ``/readyz`` answers."""
+def start_service(
+    bundle: Path | str, role: str, workdir: Path, *options: str, audit: Path | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``edgeroute serve`` of a bundle directory, or a ``models:/`` URI, on a free 127.0.0.1
+    port, once ``/readyz`` answers; its audit trail is ``audit``, else one in ``workdir``."""
     port = free_port()
+    served = ["--model", bundle] if str(bundle).startswith("models:/") else ["--bundle", str(bundle)]
     process = subprocess.Popen(
-        [str(BIN / "edgeroute"), "serve", "--bundle", str(bundle), "--role", role, "--port", str(port),
-         "--audit", str(workdir / f"{role}-{port}.db"), *options],
+        [str(BIN / "edgeroute"), "serve", *served, "--role", role, "--port", str(port),
+         "--audit", str(audit or workdir / f"{role}-{port}.db"), *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
