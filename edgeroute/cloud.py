@@ -98,6 +98,7 @@ class HttpCloud:
         timeout_s: float = _CLOUD.timeout_s,
         max_retries: int = _CLOUD.max_retries,
         max_text_chars: int = _CLOUD.max_text_chars,
+        max_batch: int = _CLOUD.max_batch,
         backoff_s: float = 0.05,
         api_key: str | None = None,
     ) -> None:
@@ -105,10 +106,19 @@ class HttpCloud:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.max_text_chars = max_text_chars
+        self.max_batch = max_batch
         self.backoff_s = backoff_s
         self.headers = {"Content-Type": "application/json"} | ({"X-API-Key": api_key} if api_key else {})
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        """One call per ``max_batch`` texts, the cloud service's limit, in order."""
+        return [
+            answer
+            for start in range(0, len(texts), self.max_batch)
+            for answer in self._call(texts[start : start + self.max_batch])
+        ]
+
+    def _call(self, texts: Sequence[str]) -> list[Prediction]:
         # Within the cloud's limit: masking lengthens a text (placeholders for digits).
         body = json.dumps({"texts": [t[: self.max_text_chars] for t in texts]}).encode()
         for attempt in range(self.max_retries + 1):
@@ -261,6 +271,7 @@ def remote_cloud(config: CloudConfig, labels: Sequence[str]) -> HttpCloud | Open
         timeout_s=config.timeout_s,
         max_retries=config.max_retries,
         max_text_chars=config.max_text_chars,
+        max_batch=config.max_batch,
         api_key=api_key,
     )
 

@@ -178,6 +178,10 @@ class CloudConfig(Frozen):
         LimitsConfig.model_fields["max_text_chars"].default, ge=1,
         description="longest text sent (masked texts are cut to it): the cloud service's own limit",
     )  # fmt: skip
+    max_batch: int = Field(
+        LimitsConfig.model_fields["max_batch"].default, ge=1,
+        description="most texts in one call to an edgeroute cloud (more are split): its limits.max_batch",
+    )  # fmt: skip
     timeout_s: float = Field(2.0, gt=0, description="seconds per call")
     max_retries: int = Field(2, ge=0, description="retries of a failed call")
     deadline_s: float = Field(30.0, gt=0, description="seconds for one text, retries and waits included")

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edgeroute.bundle import load_bundle
-from edgeroute.cloud import CircuitBreaker, GuardedCloud, HttpCloud, LocalCloud
+from edgeroute.cloud import CircuitBreaker, GuardedCloud, HttpCloud, LocalCloud, remote_cloud
+from edgeroute.config import load_serve_config
 from edgeroute.privacy import mask
 from edgeroute.router import (
     CLOUD_ERROR,
@@ -26,7 +27,7 @@ from edgeroute.router import (
     summarize,
     unfamiliar_share,
 )
-from tests.services import CloudService
+from tests.services import CloudService, cloud_process, free_port, stop
 
 EDGE_ONLY = {"min_confidence": 0.0, "max_complexity": 1.0, "max_unfamiliar_share": 1.0}
 PERSONAL = [
@@ -145,6 +146,23 @@ def test_http_cloud_retries_server_errors_then_answers(bundle, texts, service, l
     answers = HttpCloud(service.url, max_retries=2, backoff_s=0.01).classify(texts[:3])
     assert service.requests == 3
     assert [a.label for a in answers] == [a.label for a in local_cloud.classify(texts[:3])]
+
+
+def test_more_texts_than_a_cloud_service_takes_in_one_request_are_sent_in_several(
+    tiny_bundle, tiny_prepared, tmp_path
+):
+    # Calibrating on a split larger than the cloud service's limits.max_batch (256) was answered 413.
+    many = [t for name in ("train", "validation") for t in tiny_prepared[1].frame(name)["text"]][:300]
+    port = free_port()
+    process = cloud_process(tiny_bundle, port, tmp_path)
+    try:
+        config = load_serve_config(None, [f"cloud.url=http://127.0.0.1:{port}"]).cloud
+        answers = remote_cloud(config, load_bundle(tiny_bundle).labels).classify(many)
+    finally:
+        stop(process)
+    assert [a.label for a in answers] == [
+        a.label for a in load_bundle(tiny_bundle).router().cloud.classify(many)
+    ]
 
 
 def test_http_cloud_gives_up_after_its_retries_and_on_timeouts(service, texts):
