@@ -17,7 +17,8 @@ service follows the alias. A retraining that fails a gate leaves the champion se
 production, and the cycle says so. Per cycle: edge share, routed accuracy, edge-only accuracy,
 cloud-only accuracy (the cloud service on the same chunk), cloud calls, cost per query, and
 the training rows by source. ``--set`` overrides go to every training run; ``--save`` writes
-``bench/results/flywheel-<preset>.json``, ``.png`` and ``.md`` (the README's table).
+``bench/results/flywheel-<preset>.json``, ``.png`` and ``.md`` (the README's table) after every
+cycle, so a run stopped part-way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -159,6 +160,42 @@ def plot(cycles: list[dict], path: Path, title: str) -> None:
     figure.savefig(path, dpi=120)
 
 
+def report(
+    args: argparse.Namespace, workdir: Path, cloud_rows: int, cycles: list[dict], minutes: float
+) -> dict:
+    first, last = cycles[0], cycles[-1]
+    return {
+        "preset": args.preset,
+        "settings": vars(args) | {"workdir": str(workdir)},
+        "stream_rows": args.chunk * (args.cycles + 1),
+        "cloud_training_rows": cloud_rows,
+        "cycles_measured": len(cycles),
+        "cycles": cycles,
+        "ratios": {
+            "edge_share_points_gained": round(100 * (last["edge_share"] - first["edge_share"]), 1),
+            "cost_per_query_change": round(last["cost_per_query"] / first["cost_per_query"] - 1, 4),
+            "min_routed_over_cloud_only": round(
+                min(c["routed_accuracy"] / c["cloud_only_accuracy"] for c in cycles), 4
+            ),
+        },
+        "minutes": round(minutes, 1),
+    }
+
+
+def publish(name: str, result: dict, save: bool) -> None:
+    """Print the report; with ``save``, also write its JSON, plot and table."""
+    emit(name, result, save)
+    if save:
+        last = result["cycles"][-1]["cycle"]
+        plot(
+            result["cycles"],
+            RESULTS / f"{name}.png",
+            f"The flywheel on {result['preset']}: cycles 0 to {last}",
+        )
+        (RESULTS / f"{name}.md").write_text(table(result["cycles"]) + "\n", encoding="utf-8")
+    print(table(result["cycles"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="demo")
@@ -187,8 +224,8 @@ def main() -> None:
     parts = split_rows(
         labelled(args.preset, args.overrides), args.seed_rows, args.chunk, args.cycles + 1, args.seed
     )
-    for name in ("seed", "cloud"):
-        parts[name].to_csv(workdir / f"{name}.csv", index=False)
+    for part in ("seed", "cloud"):
+        parts[part].to_csv(workdir / f"{part}.csv", index=False)
     common = [
         *args.overrides,
         f"work_dir={workdir / 'work'}",
@@ -207,6 +244,7 @@ def main() -> None:
     edge_settings = [*common, f"data.path={workdir / 'seed.csv'}", f"cloud.url={cloud_url}",
                      "tracking.registered_model=flywheel-edge"]  # fmt: skip
     trail = workdir / "audit.db"
+    name = f"flywheel-{args.preset}"
     cycles: list[dict] = []
     try:
         run = train(args.preset, edge_settings)
@@ -228,6 +266,8 @@ def main() -> None:
                 figures = cycle_figures(chunk, results, edge, classify(cloud_url, texts))
                 cycles.append({"cycle": k, "model_version": results[0]["model_version"], **figures,
                                "training_rows": serving})  # fmt: skip
+                minutes = (time.monotonic() - started) / 60
+                publish(name, report(args, workdir, len(parts["cloud"]), cycles, minutes), args.save)
                 if k == args.cycles:
                     break
                 try:
@@ -244,28 +284,6 @@ def main() -> None:
             stop_service(edge_process)
     finally:
         stop_service(cloud_process)
-    first, last = cycles[0], cycles[-1]
-    report = {
-        "preset": args.preset,
-        "settings": vars(args) | {"workdir": str(workdir)},
-        "stream_rows": args.chunk * (args.cycles + 1),
-        "cloud_training_rows": len(parts["cloud"]),
-        "cycles": cycles,
-        "ratios": {
-            "edge_share_points_gained": round(100 * (last["edge_share"] - first["edge_share"]), 1),
-            "cost_per_query_change": round(last["cost_per_query"] / first["cost_per_query"] - 1, 4),
-            "min_routed_over_cloud_only": round(
-                min(c["routed_accuracy"] / c["cloud_only_accuracy"] for c in cycles), 4
-            ),
-        },
-        "minutes": round((time.monotonic() - started) / 60, 1),
-    }
-    name = f"flywheel-{args.preset}"
-    emit(name, report, args.save)
-    if args.save:
-        plot(cycles, RESULTS / f"{name}.png", f"The flywheel on {args.preset}: {args.cycles} cycles")
-        (RESULTS / f"{name}.md").write_text(table(cycles) + "\n", encoding="utf-8")
-    print(table(cycles))
 
 
 if __name__ == "__main__":
