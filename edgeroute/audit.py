@@ -161,16 +161,17 @@ class AuditLog:
     def record(self, rows: Iterable[dict]) -> None:
         """Decisions, each with request_id, model_version, route, reason, label, confidence,
         complexity, cost and the text (hashed here; its length is kept, and with keep_text
-        "masked" its masked form), and optionally time, the monitored values (latency_ms,
-        unfamiliar_share, edge_confidence, edge_label) and the cloud's answer (cloud_label, and
-        confidence for an escalated row)."""
+        "masked" its masked form: masked_text where the cloud was sent it, else masked here), and
+        optionally time, the monitored values (latency_ms, unfamiliar_share, edge_confidence,
+        edge_label) and the cloud's answer (cloud_label, and confidence for an escalated row)."""
         now = time.time()
         values = [
             (r["request_id"], r.get("time", now), r["model_version"], r["route"], r["reason"], r["label"],
              r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]),
              r.get("latency_ms"), len(r["text"]), r.get("unfamiliar_share"), r.get("edge_confidence"),
              r.get("edge_label"))
-            + ((mask(r["text"]), r.get("cloud_label"), r["confidence"] if r["route"] == "cloud" else None)
+            + ((r.get("masked_text") or mask(r["text"]), r.get("cloud_label"),
+                r["confidence"] if r["route"] == "cloud" else None)
                if self.keep_text == "masked" else ())
             for r in rows
         ]  # fmt: skip

@@ -1,13 +1,20 @@
 """Personal data masking for text bound for the cloud tier.
 
-Card numbers (Luhn-checked), IBANs (mod-97-checked), e-mail addresses (internationalised ones
-too), phone numbers (local ``555-1234`` ones too), IP addresses, UK National Insurance numbers,
-passport, account and order numbers, dates of birth, street addresses and postcodes, and names
-introduced as such ("my name is ...") are replaced by ``<ENTITY>`` placeholders named as Presidio
-names its entities, so a cloud model sees the shape of the message but none of the data. Any
-other run of six or more digits (nine or more with spaces, dashes, dots or brackets between
-them) is masked too: an unchecked number may still be an account number, and an over-masked
-digit costs a classifier nothing.
+Card numbers (Luhn-checked) and IBANs (mod-97-checked), whatever separates their groups,
+e-mail addresses (internationalised or spelt out: ``jane dot doe at example dot com``), phone
+numbers (local ``555-1234`` ones too), IP addresses, UK National Insurance numbers, passport,
+account and order numbers, dates of birth, street addresses and postcodes (UK, US, Canadian and
+continental European), and names introduced as such ("my name is ...", in any case; "I'm ...",
+a greeting or a sign-off) are replaced by ``<ENTITY>`` placeholders named as Presidio names its
+entities, so a cloud model sees the shape of the message but none of the data. Any
+other run of six or more digits (nine or more with up to four characters that are neither
+letters nor digits between them) is masked too: an unchecked number may still be an account
+number, and an over-masked digit costs a classifier nothing. So is a run of seven digits or
+more at the very start or end of a text: texts go to the cloud together, and a card number split
+across two of them would otherwise reach it whole. Of its 13 to 19 digits, the larger piece
+has seven or more and is masked; at most six reach the cloud, no more than PCI DSS lets a
+receipt show. Each text is masked alone, so its masked form, and the cloud's answer to it,
+never depend on the texts sent with it.
 
 Text is normalised before it is matched: NFKC (full-width digits and letters, no-break, thin and
 ideographic spaces), every dash as ``-`` and invisible format characters (zero-width space, soft
@@ -31,9 +38,37 @@ from functools import cache
 
 from edgeroute.config import PrivacyConfig
 
-# Between the digits of a card number: a space, or a dash, slash, dot or comma with a space
-# either side or none, or nothing.
-_SEP = r"(?: ?[\-/.,] ?| )?"
+# Numbers are read separator-agnostic: between two groups of digits, up to four characters
+# that are neither letters nor digits (any space, tab, line break, NUL, dash, dot, bullet, "_").
+_GAP = r"[\W_]{0,4}"
+_ALNUM = r"[^\W_]"
+_US_STATE_CODES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|"
+    "NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY"
+)
+_US_STATES = (
+    "alabama|alaska|arizona|arkansas|california|colorado|connecticut|delaware|florida|georgia|"
+    "hawaii|idaho|illinois|indiana|iowa|kansas|kentucky|louisiana|maine|maryland|massachusetts|"
+    "michigan|minnesota|mississippi|missouri|montana|nebraska|nevada|new hampshire|new jersey|"
+    "new mexico|new york|north carolina|north dakota|ohio|oklahoma|oregon|pennsylvania|"
+    "rhode island|south carolina|south dakota|tennessee|texas|utah|vermont|virginia|washington|"
+    "west virginia|wisconsin|wyoming"
+)
+_STREET_BEFORE = "rue|avenue|boulevard|chemin|allée|allee|impasse|quai|place"
+_STREET_SUFFIX = "straße|strasse|str\\.|weg|gasse|platz|allee|ring|damm|laan|straat|gracht|vej|gatan"
+_STREET_FIRST = "via|viale|piazza|calle|avenida|rua|carrer|plaza|ulica"
+_SEPARATOR = re.compile(r"[\W_]")
+_EDGE_DIGITS = re.compile(rf"[\W_]*(\d(?:{_GAP}\d)*)")
+_DAY = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]?\d([./\-])[01]?\d\1(?:19|20)?\d\d")
+_SPELT_DOT = r"(?:\s+dot\s+|\s*[\[({<]dot[\])}>]\s*)"
+# Words that follow "my name is" and are not a name; a name stops before one.
+_NOT_NAMES = (
+    "and|or|but|on|in|at|to|for|from|with|without|not|no|the|a|an|is|was|are|were|be|been|still|"
+    "also|wrong|missing|spelled|spelt|incorrect|correct|different|changed|listed|shown|showing|"
+    "there|here|my|your|i|it|this|that|please|now|already|so|as|by|of|if|when|has|had|have"
+)
+_NAME_WORD = rf"(?!(?i:{_NOT_NAMES})\b)[^\W\d_][\w'\-]*"
+_TITLE_WORD = rf"(?!(?i:{_NOT_NAMES})\b)[A-Z][a-z'\-]+"
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE = (
     r"(?:\d{1,4}[./\- ]\d{1,2}[./\- ]\d{1,4}"
@@ -81,7 +116,7 @@ def luhn_valid(digits: str) -> bool:
 
 def iban_valid(iban: str) -> bool:
     """ISO 13616 check: move the first four characters to the end, letters to numbers, mod 97."""
-    compact = iban.replace(" ", "").upper()
+    compact = re.sub(r"[\W_]", "", iban).upper()
     rearranged = compact[4:] + compact[:4]
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
@@ -106,10 +141,10 @@ class Entity:
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None
     group: int = 0
-    # On a failed check, try the match cut short at each space in it, longest first: the words
-    # after an IBAN can fit its pattern of groups ("ES91 2100 0418 4502 0005 1332 from"), and
-    # other digits can follow a card.
-    cut_at_spaces: bool = False
+    # On a failed check, try the match cut short before each separator in it, longest first: the
+    # words after an IBAN can fit its pattern of groups ("ES91 2100 0418 4502 0005 1332 from"),
+    # and other digits can follow a card.
+    cut_at_separators: bool = False
 
     def spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[tuple[int, int]]:
         """Matches within ``text[start:end]``; the end of that range counts as the end of text.
@@ -134,9 +169,9 @@ class Entity:
 
     def _candidates(self, text: str, match: re.Match[str]) -> Iterator[re.Match[str] | None]:
         yield match
-        if self.cut_at_spaces:
+        if self.cut_at_separators:
             for cut in range(match.end() - 1, match.start(), -1):
-                if text[cut] == " ":
+                if _SEPARATOR.match(text, cut) and not _SEPARATOR.match(text, cut - 1):
                     yield self.pattern.fullmatch(text, match.start(), cut)
 
 
@@ -150,21 +185,37 @@ def _after(keywords: str, value: str) -> re.Pattern[str]:
 
 # Order matters where patterns overlap: the more specific, checked entities claim text first.
 ENTITIES: tuple[Entity, ...] = (
+    # Starting only where a local part can start, so a long run of word characters is read once.
     Entity(
         "EMAIL_ADDRESS",
-        re.compile(r"[\w.!#$%&'*+/=?^`{|}~\-]+@[\w\-]+(?:\.[\w\-]+)*\.(?:xn--[a-z0-9\-]+|[^\W\d_]{2,})\b"),
+        re.compile(
+            r"(?<![\w.!#$%&'*+/=?^`{|}~\-])[\w.!#$%&'*+/=?^`{|}~\-]{1,64}@[\w\-]+(?:\.[\w\-]+)*"
+            r"\.(?:xn--[a-z0-9\-]+|[^\W\d_]{2,})\b"
+        ),
+    ),
+    # Written out: "john dot smith at gmail dot com", "jane[at]example[dot]org".
+    Entity(
+        "EMAIL_ADDRESS",
+        re.compile(
+            rf"(?<![\w.+\-])[\w.+\-]{{1,64}}(?:{_SPELT_DOT}[\w+\-]{{1,64}}){{0,3}}"
+            rf"(?:\s+at\s+|\s*[\[({{<]at[\])}}>]\s*|\s*@\s*)"
+            rf"[\w\-]{{1,63}}(?:(?:{_SPELT_DOT}|\.)[\w\-]{{1,63}}){{0,3}}{_SPELT_DOT}[^\W\d_]{{2,}}\b",
+            re.IGNORECASE,
+        ),
     ),
     Entity(
         "IBAN_CODE",
-        re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.IGNORECASE),
+        re.compile(
+            rf"\b[A-Z]{{2}}\d{{2}}(?:{_GAP}[A-Z0-9]{{4}}){{2,7}}(?:{_GAP}[A-Z0-9]{{1,3}})?\b", re.IGNORECASE
+        ),
         iban_valid,
-        cut_at_spaces=True,
+        cut_at_separators=True,
     ),
     Entity(
         "CREDIT_CARD",
-        re.compile(rf"(?<![\d\w])\d(?:{_SEP}\d){{12,18}}(?![\d\w])"),
+        re.compile(rf"(?<!{_ALNUM})\d(?:{_GAP}\d){{12,18}}(?!{_ALNUM})"),
         _card_valid,
-        cut_at_spaces=True,
+        cut_at_separators=True,
     ),
     Entity(
         "IP_ADDRESS",
@@ -189,7 +240,11 @@ ENTITIES: tuple[Entity, ...] = (
             r"\d{3,4}[ .\-]?\d{3,4}(?![\w]|[ \-]\d)"
         ),
     ),
-    Entity("DATE_TIME", _after(r"date of birth|birth ?date|d\.?o\.?b\.?|born(?:\s+on)?", _DATE), group=1),
+    Entity(
+        "DATE_TIME",
+        _after(r"date of birth|birth ?date|birthday(?:\s+is)?(?:\s+on)?|d\.?o\.?b\.?|born(?:\s+on)?", _DATE),
+        group=1,
+    ),
     Entity(
         "PASSPORT",
         _after(
@@ -216,19 +271,43 @@ ENTITIES: tuple[Entity, ...] = (
         "LOCATION",
         re.compile(
             rf"\b\d{{1,5}}[A-Za-z]?,?\s+(?:[A-Z][\w'\-]*\s+){{1,4}}{_STREET}\b\.?"
-            r"|\b[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}\b"
+            r"|\b[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}\b"  # a UK postcode
+            r"|\b[ABCEGHJ-NPRSTVXY]\d[A-Z] ?\d[A-Z]\d\b"  # a Canadian one
+            rf"|\b(?:{_US_STATE_CODES}|(?i:{_US_STATES})),?\s+\d{{5}}(?:-\d{{4}})?\b"  # a ZIP after its state
+            # Elsewhere in Europe: "12 rue de la Paix", "Hauptstraße 5", "Via Roma 1".
+            rf"|\b\d{{1,5}}[a-z]?,?\s+(?i:{_STREET_BEFORE})\s+(?:(?:de|du|des|la|le|l')\s+)*[A-Z][\w'\-]*"
+            rf"|\b(?:[A-Z][\w'\-]*(?:{_STREET_SUFFIX})|(?i:{_STREET_FIRST})\s+(?:(?:de|del|della|da|do|di)\s+)*"
+            r"[A-Z][\w'\-]*)\s+\d{1,5}[a-z]?\b"
         ),
+    ),
+    # A postcode and town after a comma: "…, 10115 Berlin", "…, 1012 AB Amsterdam".
+    Entity("LOCATION", re.compile(r",\s*((?:[A-Z]{1,2}-)?\d{4,5}(?: ?[A-Z]{2})?\s+[A-Z][^\W\d_]+)"), group=1),
+    # After "my name is" a name in any case, up to a word that cannot be one ("my name is on ...");
+    # after "I'm", "this is", a greeting or a sign-off, capitalised words only ("I'm John Smith",
+    # "Hi Mei," and "Thanks, Ann.", the name ending the phrase: "Hi, Today I ..." names no one).
+    Entity(
+        "PERSON",
+        re.compile(
+            rf"(?i:\bmy\s+name\s+is|\bmy\s+name's|\bname\s*:|\bcall\s+me)\s+({_NAME_WORD}(?:\s+{_NAME_WORD}){{0,2}})"
+        ),
+        group=1,
+    ),
+    Entity(
+        "PERSON",
+        re.compile(rf"(?i:\bi'?m|\bi\s+am|\bthis\s+is)\s+((?:{_TITLE_WORD}\s+){{1,2}}{_TITLE_WORD})"),
+        group=1,
     ),
     Entity(
         "PERSON",
         re.compile(
-            r"\b(?:[Mm]y name is|[Mm]y name's|[Nn]ame\s*:)\s+([A-Z][\w'\-]+(?:\s+[A-Z][\w'\-]+){0,2})"
+            rf"(?i:\b(?:(?:signed|regards|sincerely|cheers|thanks|thank\s+you|best),?|dear|hi|hello|hey))\s+"
+            rf"({_TITLE_WORD}(?:\s+{_TITLE_WORD}){{0,2}})(?=\s*(?:[.,;:!?)]|\Z))"
         ),
         group=1,
     ),
     # With phone punctuation: a phone number refused because digits come before or after it
     # ("(02) 9374 4000 2") is still masked here.
-    Entity("NUMBER", re.compile(r"\d(?:[ .\-()]{0,2}\d){8,}|\d{6,}")),
+    Entity("NUMBER", re.compile(rf"\d(?:{_GAP}\d){{8,}}|\d{{6,}}")),
 )
 
 
@@ -247,7 +326,27 @@ def find(text: str) -> Spans:
         # beside an IBAN is still found, not dropped with a longer match that overlapped it.
         for start, end in _free(taken, len(text)):
             taken += [(s, e, entity.name) for s, e in entity.spans(text, start, end)]
-    return sorted(taken)
+    return sorted(taken + [span for span in _edge_numbers(text) if _is_free(span, taken)])
+
+
+def _edge_numbers(text: str) -> Spans:
+    """The digits (seven or more, separators between them) that start or end ``text``, a date
+    aside: what a number split across two texts leaves at their edges. The end is read on the reversed text
+    with the same pattern; both are anchored, so each is read once."""
+    spans: Spans = []
+    for reverse in (False, True):
+        match = _EDGE_DIGITS.match(text[::-1] if reverse else text)
+        digits = match.group(1) if match else ""
+        if sum(c.isdigit() for c in digits) >= 7 and not _DAY.fullmatch(digits[::-1] if reverse else digits):
+            start, end = match.span(1)
+            spans.append(
+                (len(text) - end, len(text) - start, "NUMBER") if reverse else (start, end, "NUMBER")
+            )
+    return spans if len(spans) < 2 or spans[0][1] <= spans[1][0] else spans[:1]
+
+
+def _is_free(span: tuple[int, int, str], taken: Spans) -> bool:
+    return all(span[1] <= start or end <= span[0] for start, end, _ in taken)
 
 
 def _free(taken: Spans, length: int) -> list[tuple[int, int]]:
@@ -325,7 +424,11 @@ def mask(text: str, finder: Callable[[str], Spans] | None = None) -> str:
     """``text``, normalised, with every span of personal data replaced by ``<ENTITY>``: what
     ``finder`` finds, by default the configured engine (`configure`; else `find`)."""
     text = normalize(text)
-    spans = (finder or _finder)(text)
+    return _replaced(text, (finder or _finder)(text))
+
+
+def _replaced(text: str, spans: Spans) -> str:
+    """``text`` with each of the sorted, non-overlapping ``spans`` replaced by its placeholder."""
     if not spans:
         return text
     pieces, last = [], 0

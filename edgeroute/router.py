@@ -219,6 +219,7 @@ class Decision:
     edge_confidence: float
     cloud_label: str | None = None
     shadow: bool = False
+    masked_text: str | None = None  # the text as the cloud was sent it, None where it was not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,12 +269,16 @@ class Router:
         sent = np.flatnonzero(escalate | shadow)
         if not len(sent):
             return decisions
-        answers, attempted = self._ask_cloud([texts[i] for i in sent])
+        masked = [mask(texts[i]) for i in sent] if self.cloud is not None else None
+        answers, attempted = self._ask_cloud(masked)
         for position, i in enumerate(sent):
             answer = answers[position] if answers is not None else None
             # What the backend says the call cost (its tokens), else the router's cloud cost.
             cloud_cost = answer.cost if answer is not None and answer.cost is not None else costs.cloud
-            decision = replace(decisions[i], cost=costs.edge + (cloud_cost if attempted else 0.0))
+            decision = replace(
+                decisions[i], cost=costs.edge + (cloud_cost if attempted else 0.0),
+                masked_text=masked[position] if attempted else None,
+            )  # fmt: skip
             if answer is None:
                 decisions[i] = replace(decision, reason=CLOUD_ERROR if escalate[i] else decision.reason)
             elif escalate[i]:
@@ -285,12 +290,11 @@ class Router:
                 decisions[i] = replace(decision, cloud_label=answer.label)
         return decisions
 
-    def _ask_cloud(self, texts: list[str]) -> tuple[Sequence[Prediction | None] | None, bool]:
-        """The cloud's answers for masked ``texts`` (None on failure; None for each text the
+    def _ask_cloud(self, masked: list[str] | None) -> tuple[Sequence[Prediction | None] | None, bool]:
+        """The cloud's answers for the ``masked`` texts (None on failure; None for each text the
         cloud refused), and whether it was called."""
         if self.cloud is None:
             return None, False
-        masked = [mask(t) for t in texts]
         try:
             answers = self.cloud.classify(masked)
         except CloudRequestError as exc:
@@ -303,9 +307,9 @@ class Router:
             logger.warning("cloud backend %s unavailable: %s", self.cloud.name, exc)
             return None, False
         except Exception as exc:  # any backend failure falls back to the edge answer
-            logger.warning("cloud backend %s failed for %d queries: %s", self.cloud.name, len(texts), exc)
+            logger.warning("cloud backend %s failed for %d queries: %s", self.cloud.name, len(masked), exc)
             return None, True
-        return self._checked(answers, len(texts)), True
+        return self._checked(answers, len(masked)), True
 
     def _ask_alone(self, masked: str) -> Prediction | None:
         try:

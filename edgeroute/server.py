@@ -522,7 +522,9 @@ def create_app(
             for r, text, (_, d) in zip(results, texts, answered, strict=True)
         ]  # fmt: skip
         audit.record(
-            r.model_dump() | asdict(o) | {"text": text, "cloud_label": d.cloud_label}
+            r.model_dump()
+            | asdict(o)
+            | {"text": text, "cloud_label": d.cloud_label, "masked_text": d.masked_text}
             for r, o, text, (_, d) in zip(results, observations, texts, answered, strict=True)
         )
         for r, observation in zip(results, observations, strict=True):

@@ -23,7 +23,8 @@ from edgeroute.config import load_serve_config
 from edgeroute.router import Costs, Decision, Router, chunks, project, summarize
 from edgeroute.tables import read_messages
 
-DECISION_COLUMNS = tuple(f for f in Decision.__dataclass_fields__)
+# What the cloud was sent stays out: the routed table holds no text.
+DECISION_COLUMNS = tuple(f for f in Decision.__dataclass_fields__ if f != "masked_text")
 
 
 def write_partitions(source: Path, text_column: str, rows_per_partition: int, directory: Path) -> list[Path]:

@@ -84,6 +84,90 @@ def test_a_card_is_masked_however_its_digits_are_written(card):
     assert mask(f"card {card} was charged") == "card <CREDIT_CARD> was charged"
 
 
+# Every ASCII character that is neither a letter nor a digit (66 of them, NUL and the controls
+# included), and the Unicode ones seen between digits: bullet, middle dot, line and paragraph
+# separators, and a quadruple prime, which NFKC makes four characters.
+SEPARATORS = [chr(c) for c in range(128) if not chr(c).isalnum()] + [
+    "\u2022",
+    "\u00b7",
+    "\u2028",
+    "\u2029",
+    "\u2057",
+]
+
+
+def test_the_separator_sweep_covers_the_66_ascii_characters():
+    assert len([c for c in SEPARATORS if ord(c) < 128]) == 66
+
+
+@pytest.mark.parametrize("separator", SEPARATORS, ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
+def test_a_card_is_masked_whatever_single_character_separates_its_groups(separator):
+    card = separator.join(["4111", "1111", "1111", "1111"])
+    masked = mask(f"card {card} was charged")
+    assert "1111" not in masked and "<CREDIT_CARD>" in masked
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("IBAN GB82-WEST-1234-5698-7654-32 please", "IBAN <IBAN_CODE> please"),
+        ("IBAN GB82\tWEST\t1234\t5698\t7654\t32 please", "IBAN <IBAN_CODE> please"),
+        ("write to john dot smith at gmail dot com today", "write to <EMAIL_ADDRESS> today"),
+        ("write to jane[at]example[dot]org today", "write to <EMAIL_ADDRESS> today"),
+        ("write to jane (at) example (dot) co (dot) uk today", "write to <EMAIL_ADDRESS> today"),
+        ("my birthday is 14/07/1985", "my birthday is <DATE_TIME>"),
+        ("my birthday is on 3rd March 1985, ok", "my birthday is on <DATE_TIME>, ok"),
+        ("MY NAME IS JANE DOE AND I NEED HELP", "MY NAME IS <PERSON> AND I NEED HELP"),
+        ("my name is jane doe and my order is late", "my name is <PERSON> and my order is late"),
+        ("I'm John Smith and I was charged", "I'm <PERSON> and I was charged"),
+        ("Signed, Alice Johnson", "Signed, <PERSON>"),
+        ("Thank you, Sarah", "Thank you, <PERSON>"),
+        ("Best, Hugo", "Best, <PERSON>"),
+        ("Hi Mei, my order is late", "Hi <PERSON>, my order is late"),
+        ("Send it to Springfield, IL 62704 please", "Send it to Springfield, <LOCATION> please"),
+        ("Austin, Texas 78701-1234 is home", "Austin, <LOCATION> is home"),
+        ("Toronto ON M5V 3L9", "Toronto ON <LOCATION>"),
+        ("ship to 12 rue de la Paix, 75002 Paris", "ship to <LOCATION>, <LOCATION>"),
+        ("Hauptstraße 5, 10115 Berlin", "<LOCATION>, <LOCATION>"),
+        ("Keizersgracht 123, 1015 CJ Amsterdam", "<LOCATION>, <LOCATION>"),
+        ("Via Roma 1, Milano", "<LOCATION>, Milano"),
+    ],
+)
+def test_personal_data_written_in_other_forms_is_masked(text, masked):
+    assert mask(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my name is on the account but the card is not",
+        "I AM VERY ANGRY ABOUT THIS",
+        "I am not happy, thanks for nothing",
+        "Thanks, please help me",
+        "Hi, Today I tried to pay",
+        "I waited 20 - 30 minutes at 3 stores",
+        "Order 12 of 3, in 5 days",
+    ],
+)
+def test_the_wider_patterns_leave_ordinary_sentences_alone(text):
+    assert mask(text) == text
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("my card is 4111 1111", "1111 1111 was charged"), ("card 4111-1111-1111", "- 1111 thanks"),
+     ("card 4111 11", "11 1111 1111 please")],
+)  # fmt: skip
+def test_a_card_split_across_two_texts_reaches_the_cloud_with_six_digits_at_most(first, second):
+    masked = [mask(first), mask(second)]
+    assert sum(c.isdigit() for c in "".join(masked)) <= 6
+
+
+def test_short_numbers_at_the_edges_of_a_text_are_left_alone():
+    for text in ("order 12", "2 items", "charged me 471.36", "12/05"):
+        assert mask(text) == text
+
+
 def test_text_is_normalised_before_matching_and_the_masked_text_is_the_normal_one():
     assert normalize("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ\u00a0\u2013\u00ad") == "jane@example.com -"
     assert mask("mail ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ\u00a0now") == "mail <EMAIL_ADDRESS> now"

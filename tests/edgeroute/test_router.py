@@ -132,6 +132,20 @@ def test_the_cloud_never_receives_personal_data(bundle, local_cloud):
     assert "<CREDIT_CARD>" in sent[0] and "<PHONE_NUMBER>" in sent[1] and sent[2] == "no personal data here"
 
 
+def test_a_card_split_across_two_escalated_texts_never_reaches_the_cloud_whole(bundle, local_cloud):
+    capturing = Capturing(local_cloud)
+    router = make_router(bundle, capturing, **EDGE_ONLY | {"min_confidence": 1.0})
+    decisions = router.route(["my card is 4111 1111", "1111 1111 was charged twice", "hello"])
+    sent = capturing.calls[0]
+    assert sent == ["my card is <NUMBER>", "<NUMBER> was charged twice", "hello"]
+    assert [d.masked_text for d in decisions] == sent, "each decision says what the cloud was sent"
+    # Masked alone, as sent together: a text's batch-mates never change what the cloud sees.
+    assert [router.route([text])[0].masked_text for text in ("hello", "1111 1111 was charged twice")] == [
+        "hello",
+        "<NUMBER> was charged twice",
+    ]
+
+
 def test_a_failed_cloud_returns_the_edge_answer_with_cloud_error(bundle, texts, service):
     service.stop()  # nothing listens on the port any more
     router = make_router(bundle, HttpCloud(service.url, max_retries=1, backoff_s=0.01), min_confidence=1.0)
