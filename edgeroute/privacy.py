@@ -54,12 +54,16 @@ _US_STATES = (
     "rhode island|south carolina|south dakota|tennessee|texas|utah|vermont|virginia|washington|"
     "west virginia|wisconsin|wyoming"
 )
+_STREET_LOWER = "street|avenue|boulevard|lane|drive|terrace|crescent"
 _STREET_BEFORE = "rue|avenue|boulevard|chemin|allée|allee|impasse|quai|place"
 _STREET_SUFFIX = "straße|strasse|str\\.|weg|gasse|platz|allee|ring|damm|laan|straat|gracht|vej|gatan"
 _STREET_FIRST = "via|viale|piazza|calle|avenida|rua|carrer|plaza|ulica"
 _SEPARATOR = re.compile(r"[\W_]")
 _EDGE_DIGITS = re.compile(rf"[\W_]*(\d(?:{_GAP}\d)*)")
 _DAY = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]?\d([./\-])[01]?\d\1(?:19|20)?\d\d")
+# A spelt-out address ends in a common top-level domain or a country's: "at maria dot lopez at
+# ..." is not one.
+_TLD = "com|net|org|edu|gov|info|biz|io|app|dev|[a-z]{2}"
 _SPELT_DOT = r"(?:\s+dot\s+|\s*[\[({<]dot[\])}>]\s*)"
 # Words that follow "my name is" and are not a name; a name stops before one.
 _NOT_NAMES = (
@@ -199,7 +203,7 @@ ENTITIES: tuple[Entity, ...] = (
         re.compile(
             rf"(?<![\w.+\-])[\w.+\-]{{1,64}}(?:{_SPELT_DOT}[\w+\-]{{1,64}}){{0,3}}"
             rf"(?:\s+at\s+|\s*[\[({{<]at[\])}}>]\s*|\s*@\s*)"
-            rf"[\w\-]{{1,63}}(?:(?:{_SPELT_DOT}|\.)[\w\-]{{1,63}}){{0,3}}{_SPELT_DOT}[^\W\d_]{{2,}}\b",
+            rf"[\w\-]{{1,63}}(?:(?:{_SPELT_DOT}|\.)[\w\-]{{1,63}}){{0,3}}{_SPELT_DOT}(?:{_TLD})\b",
             re.IGNORECASE,
         ),
     ),
@@ -271,6 +275,7 @@ ENTITIES: tuple[Entity, ...] = (
         "LOCATION",
         re.compile(
             rf"\b\d{{1,5}}[A-Za-z]?,?\s+(?:[A-Z][\w'\-]*\s+){{1,4}}{_STREET}\b\.?"
+            rf"|\b\d{{1,5}}[a-z]?,?\s+(?:[a-z][\w'\-]*\s+){{1,3}}(?:{_STREET_LOWER})\b"  # in lower case
             r"|\b[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2}\b"  # a UK postcode
             r"|\b[ABCEGHJ-NPRSTVXY]\d[A-Z] ?\d[A-Z]\d\b"  # a Canadian one
             rf"|\b(?:{_US_STATE_CODES}|(?i:{_US_STATES})),?\s+\d{{5}}(?:-\d{{4}})?\b"  # a ZIP after its state

@@ -107,34 +107,51 @@ def test_a_card_is_masked_whatever_single_character_separates_its_groups(separat
     assert "1111" not in masked and "<CREDIT_CARD>" in masked
 
 
-@pytest.mark.parametrize(
-    ("text", "masked"),
-    [
-        ("IBAN GB82-WEST-1234-5698-7654-32 please", "IBAN <IBAN_CODE> please"),
-        ("IBAN GB82\tWEST\t1234\t5698\t7654\t32 please", "IBAN <IBAN_CODE> please"),
-        ("write to john dot smith at gmail dot com today", "write to <EMAIL_ADDRESS> today"),
-        ("write to jane[at]example[dot]org today", "write to <EMAIL_ADDRESS> today"),
-        ("write to jane (at) example (dot) co (dot) uk today", "write to <EMAIL_ADDRESS> today"),
-        ("my birthday is 14/07/1985", "my birthday is <DATE_TIME>"),
-        ("my birthday is on 3rd March 1985, ok", "my birthday is on <DATE_TIME>, ok"),
-        ("MY NAME IS JANE DOE AND I NEED HELP", "MY NAME IS <PERSON> AND I NEED HELP"),
-        ("my name is jane doe and my order is late", "my name is <PERSON> and my order is late"),
-        ("I'm John Smith and I was charged", "I'm <PERSON> and I was charged"),
-        ("Signed, Alice Johnson", "Signed, <PERSON>"),
-        ("Thank you, Sarah", "Thank you, <PERSON>"),
-        ("Best, Hugo", "Best, <PERSON>"),
-        ("Hi Mei, my order is late", "Hi <PERSON>, my order is late"),
-        ("Send it to Springfield, IL 62704 please", "Send it to Springfield, <LOCATION> please"),
-        ("Austin, Texas 78701-1234 is home", "Austin, <LOCATION> is home"),
-        ("Toronto ON M5V 3L9", "Toronto ON <LOCATION>"),
-        ("ship to 12 rue de la Paix, 75002 Paris", "ship to <LOCATION>, <LOCATION>"),
-        ("Hauptstraße 5, 10115 Berlin", "<LOCATION>, <LOCATION>"),
-        ("Keizersgracht 123, 1015 CJ Amsterdam", "<LOCATION>, <LOCATION>"),
-        ("Via Roma 1, Milano", "<LOCATION>, Milano"),
-    ],
-)
+OTHER_FORMS = [
+    ("IBAN GB82-WEST-1234-5698-7654-32 please", "IBAN <IBAN_CODE> please"),
+    ("IBAN GB82\tWEST\t1234\t5698\t7654\t32 please", "IBAN <IBAN_CODE> please"),
+    ("write to john dot smith at gmail dot com today", "write to <EMAIL_ADDRESS> today"),
+    ("write to jane[at]example[dot]org today", "write to <EMAIL_ADDRESS> today"),
+    ("write to jane (at) example (dot) co (dot) uk today", "write to <EMAIL_ADDRESS> today"),
+    ("my birthday is 14/07/1985", "my birthday is <DATE_TIME>"),
+    ("my birthday is on 3rd March 1985, ok", "my birthday is on <DATE_TIME>, ok"),
+    ("MY NAME IS JANE DOE AND I NEED HELP", "MY NAME IS <PERSON> AND I NEED HELP"),
+    ("my name is jane doe and my order is late", "my name is <PERSON> and my order is late"),
+    ("I'm John Smith and I was charged", "I'm <PERSON> and I was charged"),
+    ("Signed, Alice Johnson", "Signed, <PERSON>"),
+    ("Thank you, Sarah", "Thank you, <PERSON>"),
+    ("Best, Hugo", "Best, <PERSON>"),
+    ("Hi Mei, my order is late", "Hi <PERSON>, my order is late"),
+    ("Send it to Springfield, IL 62704 please", "Send it to Springfield, <LOCATION> please"),
+    ("Austin, Texas 78701-1234 is home", "Austin, <LOCATION> is home"),
+    ("Toronto ON M5V 3L9", "Toronto ON <LOCATION>"),
+    ("ship to 12 rue de la Paix, 75002 Paris", "ship to <LOCATION>, <LOCATION>"),
+    ("Hauptstraße 5, 10115 Berlin", "<LOCATION>, <LOCATION>"),
+    ("Keizersgracht 123, 1015 CJ Amsterdam", "<LOCATION>, <LOCATION>"),
+    ("Via Roma 1, Milano", "<LOCATION>, Milano"),
+]
+
+
+@pytest.mark.parametrize(("text", "masked"), OTHER_FORMS)
 def test_personal_data_written_in_other_forms_is_masked(text, masked):
     assert mask(text) == masked
+
+
+@pytest.fixture(scope="module")
+def presidio():
+    from edgeroute.config import PrivacyConfig
+    from edgeroute.privacy import presidio_finder
+
+    return presidio_finder(PrivacyConfig(engine="presidio"))
+
+
+@pytest.mark.parametrize(
+    "text", [text for text, _ in OTHER_FORMS] + [f"card 4111{c}1111{c}1111{c}1111" for c in SEPARATORS]
+)
+def test_the_presidio_engine_masks_all_that_the_patterns_mask(text, presidio):
+    normal = normalize(text)
+    masked = mask(text, presidio)
+    assert all(normal[start:end] not in masked for start, end, _ in find(normal))
 
 
 @pytest.mark.parametrize(
