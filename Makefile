@@ -10,9 +10,6 @@ WORK_POOL := edgeroute-process
 
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-# The temporary server of a run without one migrates a new database on first use: on a small
-# machine that can take longer than Prefect's default 20 s.
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 # transformers 4.57 supports Keras 2 only: tf.keras must be the tf-keras package, not Keras 3.

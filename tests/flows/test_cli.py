@@ -180,3 +180,21 @@ def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp
     both = run_cli([str(BIN / "edgeroute"), "promote", "2", "--from-canary", service.url], tmp_path)
     assert both.returncode == 2 and "give the VERSION to promote, or --from-canary URL" in both.stderr
     assert run_cli([str(BIN / "edgeroute"), "promote", "2"], tmp_path).returncode == 0 and champion() == "2"
+
+
+def test_the_training_commands_give_prefects_temporary_server_time_to_start_on_a_busy_machine():
+    import os
+    import subprocess
+
+    read = (
+        "import flows.cli; from prefect.settings import get_current_settings; "
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    default = subprocess.run(
+        [sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True
+    )
+    assert default.stdout.split()[-1] == "90", "Prefect's own default, 20 s, times out on a loaded 2-core box"
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
+    chosen = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.split()[-1] == "300"
