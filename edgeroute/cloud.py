@@ -36,6 +36,9 @@ from edgeroute.model import OnnxClassifier
 
 logger = logging.getLogger(__name__)
 
+ANSWER_TOKENS = 64  # max_tokens of every request: a label, or the JSON object that holds it
+TEMPLATE_TOKENS = 512  # what a chat template may add to a prompt, at most
+
 _CLOUD, _BREAKER = CloudConfig(), BreakerConfig()
 
 
@@ -384,7 +387,7 @@ class OpenAICloud:
                 {"role": "user", "content": prompt.replace("{text}", text[: self.config.max_text_chars])}
             ],
             "temperature": 0,
-            "max_tokens": 64,
+            "max_tokens": ANSWER_TOKENS,
         }
         if self.config.logprobs:
             body["logprobs"] = True
@@ -465,9 +468,9 @@ class OpenAICloud:
             )
         if status != 200:
             raise _BadAnswer(f"{self.endpoint} answered {status}")
-        return self._parse(response.content)
+        return self._parse(response.content, len(json.dumps(body["messages"]).encode()))
 
-    def _parse(self, content: bytes) -> Prediction:
+    def _parse(self, content: bytes, prompt_bytes: int) -> Prediction:
         try:
             data = json.loads(content)
             choice = data["choices"][0]
@@ -477,7 +480,9 @@ class OpenAICloud:
         if message.get("refusal") or choice.get("finish_reason") == "content_filter":
             raise _BadAnswer(f"{self.endpoint} refused to answer")
         label = self._label(message.get("content"))
-        return Prediction(label, _confidence(choice.get("logprobs")), self._cost(data.get("usage")))
+        return Prediction(
+            label, _confidence(choice.get("logprobs")), self._cost(data.get("usage"), prompt_bytes)
+        )
 
     def _label(self, content: Any) -> str:
         if not isinstance(content, str):
@@ -493,13 +498,21 @@ class OpenAICloud:
             raise _BadAnswer(f"{self.endpoint} answered a label outside the bundle's")
         return label
 
-    def _cost(self, usage: Any) -> float | None:
+    def _cost(self, usage: Any, prompt_bytes: int) -> float | None:
+        """The call's price from the token counts it reports, or None (the router's cloud cost)
+        where they are missing or cannot be: not whole numbers, negative, more answer tokens
+        than were allowed, or more prompt tokens than the prompt has bytes and a chat template."""
         config = self.config
         if not config.priced or not isinstance(usage, dict):
             return None
-        try:
-            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-        except (KeyError, TypeError, ValueError):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (prompt, completion)):
+            return None
+        if not (0 <= prompt <= prompt_bytes + TEMPLATE_TOKENS and 0 <= completion <= ANSWER_TOKENS):
+            logger.warning(
+                "cloud backend openai: %s reported a usage that cannot be (%d prompt and %d answer "
+                "tokens); the call is priced at the router's cloud cost", self.endpoint, prompt, completion,
+            )  # fmt: skip
             return None
         return (
             prompt * config.price_per_1k_input_tokens + completion * config.price_per_1k_output_tokens

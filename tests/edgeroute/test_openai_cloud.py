@@ -136,6 +136,25 @@ def test_an_answer_that_is_not_a_label_fails_that_text_alone(escalating_bundle, 
     assert breaker.failures == 0  # the server answered: not an outage
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -1_000_000, "completion_tokens": 5},
+        {"prompt_tokens": 10**20, "completion_tokens": 5},
+        {"prompt_tokens": 40, "completion_tokens": 10**6},
+        {"prompt_tokens": "40", "completion_tokens": 5},
+        {"prompt_tokens": 40.5, "completion_tokens": True},
+    ],
+    ids=["negative", "huge-prompt", "more-answer-than-allowed", "a-string", "not-whole"],
+)
+def test_token_counts_that_cannot_be_are_priced_at_the_routers_cloud_cost(escalating_bundle, llm, usage):
+    llm.script = [(200, _completion(json.dumps({"label": "negative"})) | {"usage": usage}, {})]
+    router = routed(escalating_bundle, llm, *PRICES)
+    (decision,) = router.route(["I want a refund"])
+    assert decision.route == "cloud" and decision.label == "negative"
+    assert decision.cost == pytest.approx(router.settings.costs.edge + router.settings.costs.cloud)
+
+
 def test_calls_run_at_most_max_concurrency_at_once(escalating_bundle, llm):
     llm.delay_s = 0.2
     decisions = routed(escalating_bundle, llm, "cloud.max_concurrency=3").route(["where is my parcel"] * 9)
