@@ -127,7 +127,7 @@ class HttpCloud:
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
-                with _OPENER.open(request, timeout=self.timeout_s) as response:
+                with SAME_ORIGIN.open(request, timeout=self.timeout_s) as response:
                     body = response.read()
                 return predictions(body, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
@@ -150,7 +150,7 @@ def origin(url: str) -> tuple[str, str]:
 
 
 class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
-    """Redirects are followed within the cloud's origin only: the API key goes nowhere else."""
+    """Redirects are followed within the origin asked only: the API key goes nowhere else."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if origin(newurl) != origin(req.full_url):
@@ -160,7 +160,7 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+SAME_ORIGIN = urllib.request.build_opener(_SameOriginRedirects)  # urlopen that keeps keys at home
 
 
 def predictions(body: bytes, expected: int, source: str) -> list[Prediction]:

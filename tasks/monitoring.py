@@ -20,6 +20,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from edgeroute.cloud import SAME_ORIGIN
 from edgeroute.config import Thresholds
 from edgeroute.monitor import drift_alerts
 from tasks.support import tracking
@@ -167,10 +168,11 @@ def health_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 @task(name="read-health", retries=2, retry_delay_seconds=5)
 def read_health(url: str, api_key_env: str = "EDGEROUTE_API_KEY") -> dict[str, Any]:
-    """Prefect task: GET /v1/health of an edgeroute service."""
+    """Prefect task: GET /v1/health of an edgeroute service; a redirect to another origin is
+    refused, so the API key never leaves the service's."""
     headers = {"X-API-Key": os.environ[api_key_env]} if os.environ.get(api_key_env) else {}
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/health", headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with SAME_ORIGIN.open(request, timeout=10) as response:
         return json.load(response)
 
 

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -74,14 +75,22 @@ def test_classify_with_an_unknown_registered_model_exits_2(tmp_path):
 
 class HealthService:
     """A stand-in edge service over real HTTP on 127.0.0.1: ``GET /v1/health`` answers ``report``
-    to requests with ``api_key`` as their ``X-API-Key``, 401 to others."""
+    to requests with ``api_key`` as their ``X-API-Key``, 401 to others; with ``redirect`` set,
+    302 to that URL instead. ``keys`` holds the key of every request, in order."""
 
     def __init__(self, report: dict, api_key: str) -> None:
         service = self
-        self.report = report
+        self.report, self.redirect, self.keys = report, None, []
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                service.keys.append(self.headers.get("X-API-Key"))
+                if service.redirect is not None:
+                    self.send_response(302)
+                    self.send_header("Location", service.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path != "/v1/health":
                     status, body = 404, b"{}"
                 elif self.headers.get("X-API-Key") != api_key:
@@ -198,3 +207,21 @@ def test_the_training_commands_give_prefects_temporary_server_time_to_start_on_a
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"
     chosen = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True)
     assert chosen.stdout.split()[-1] == "300"
+
+
+def test_reading_a_services_health_never_follows_a_redirect_to_another_origin(monkeypatch):
+    import urllib.error
+
+    from tasks.monitoring import read_health
+
+    monkeypatch.setenv("EDGEROUTE_API_KEY", "s3cret")
+    elsewhere = HealthService({"status": "ok"}, api_key="s3cret")
+    redirecting = HealthService({"status": "ok"}, api_key="s3cret")
+    try:
+        redirecting.redirect = f"{elsewhere.url}/v1/health"
+        with pytest.raises(urllib.error.HTTPError, match="another origin"):
+            read_health.fn(redirecting.url)
+        assert redirecting.keys == ["s3cret"] and elsewhere.keys == [], "the key went to another origin"
+    finally:
+        elsewhere.stop()
+        redirecting.stop()
