@@ -52,6 +52,7 @@ from edgeroute.batching import MicroBatcher
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.config import ServeConfig
 from edgeroute.monitor import Monitor, Observation
+from edgeroute.privacy import normalize
 from edgeroute.releases import Follower, Release, Releases, Slot
 from edgeroute.router import Decision, Router, unicode_problem
 
@@ -491,6 +492,12 @@ def create_app(
                 raise HTTPException(
                     413, f"{where}: {len(text)} characters; at most {config.limits.max_text_chars}"
                 )
+            # What the masker and the cloud read: NFKC can make a text many times longer.
+            if (normal := len(normalize(text))) > config.limits.max_text_chars:
+                raise HTTPException(
+                    413, f"{where}: {normal} characters once normalised (NFKC); at most "
+                    f"{config.limits.max_text_chars}",
+                )  # fmt: skip
             if not text.strip():
                 raise HTTPException(422, f"{where}: empty text")
             if problem := unicode_problem(text):

@@ -49,6 +49,7 @@ def test_classify_one_text_or_a_batch(service, texts):
     [
         ({"texts": ["fine", "x" * 201]}, 413, "texts[1]: 201 characters"),
         ({"texts": ["hello"] * 9}, 413, "9 texts"),
+        ({"text": "\ufdfa" * 20}, 413, "text: 360 characters once normalised"),  # one ligature, 18 letters
         ({"text": "   "}, 422, "text: empty text"),
         ({"texts": []}, 422, "the batch is empty"),
         ({"text": "a", "texts": ["b"]}, 422, "exactly one of 'text'"),
