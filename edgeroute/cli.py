@@ -222,10 +222,18 @@ def classify(
             else:
                 confidence = "-" if decision.confidence is None else f"{decision.confidence:.3f}"
                 typer.echo(
-                    f"{decision.label}\t{confidence}\t{decision.route}\t{decision.reason}"
-                    f"\t${decision.cost:.4f}\t{text}"
+                    f"{_cell(decision.label)}\t{confidence}\t{decision.route}\t{decision.reason}"
+                    f"\t${decision.cost:.4f}\t{_cell(text)}"
                 )
     _require_a_working_cloud(outcomes)
+
+
+def _cell(value: str) -> str:
+    """A field of the tab-separated output, safe to open in a spreadsheet: one that a spreadsheet
+    would run as a formula (``=``, ``+``, ``-``, ``@`` first) is quoted with ``'`` (OWASP's advice
+    on CSV injection), and tabs and line breaks become spaces."""
+    value = " ".join(value.replace("\t", " ").splitlines())
+    return f"'{value}" if value[:1] in ("=", "+", "-", "@") else value
 
 
 def _cloud_shortcuts(

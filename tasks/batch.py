@@ -22,6 +22,7 @@ from edgeroute.cloud import CircuitBreaker
 from edgeroute.config import load_serve_config
 from edgeroute.router import Costs, Decision, Router, chunks, project, summarize
 from edgeroute.tables import read_messages
+from tasks.support import markdown
 
 # What the cloud was sent stays out: the routed table holds no text.
 DECISION_COLUMNS = tuple(f for f in Decision.__dataclass_fields__ if f != "masked_text")
@@ -99,7 +100,7 @@ def summarize_routing(paths: list[Path], costs: Costs, per_month: int, output: P
     """Prefect task: the edge/cloud split and projected cost of the whole store, as JSON and artifact."""
     summary = summary_of(paths, costs, per_month)
     output.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    reasons = "\n".join(f"| {reason} | {count:,} |" for reason, count in summary["reasons"].items())
+    reasons = markdown.table(["reason", "messages"], [[r, f"{n:,}"] for r, n in summary["reasons"].items()])
     create_markdown_artifact(
         key="batch-routing",
         markdown=(
@@ -108,7 +109,7 @@ def summarize_routing(paths: list[Path], costs: Costs, per_month: int, output: P
             f"${summary['cost_per_query']:.5f} (cloud only ${summary['cloud_only_cost_per_query']:.5f}); "
             f"{summary['per_month']:,} messages a month: ${summary['monthly_cost']:,.0f} "
             f"instead of ${summary['monthly_cloud_only_cost']:,.0f}.\n\n"
-            f"| reason | messages |\n|---|---|\n{reasons}\n"
+            f"{reasons}\n"
         ),
     )
     return summary

@@ -38,9 +38,10 @@ from edgeroute.router import Router, RouterSettings, chunks
 from edgeroute.tables import TableError, read_messages, rows_phrase
 from tasks.calibrate import cloud_labels
 from tasks.gate import Check, GateFailed
-from tasks.support import tracking
+from tasks.support import markdown, tracking
 from tasks.support.config import BehaviourConfig, BehaviourLimits, PipelineConfig
 from tasks.support.dataset import PreparedData
+from tasks.support.markdown import code
 from tasks.support.synthetic import add_typos
 
 KINDS = ("invariance", "direction", "mft")
@@ -224,15 +225,12 @@ class BehaviourReport:
         """Markdown for the run summary: each kind's worst failure rate per model, and its limit."""
         models = list(next(iter(self.outcomes.values())))
         metrics = self.metrics
-        lines = [
-            "| kind | " + " | ".join(models) + " | limit (edge, system) |",
-            "|---|" + "---|" * (len(models) + 1),
+        rows = [
+            [kind, *(f"{metrics[f'{m}.{kind}']:.3f}" for m in models), f"{getattr(limits, kind):g}"]
+            for kind in KINDS
+            if f"{models[0]}.{kind}" in metrics
         ]
-        for kind in KINDS:
-            if f"{models[0]}.{kind}" in metrics:
-                cells = [f"{metrics[f'{m}.{kind}']:.3f}" for m in models]
-                lines.append(f"| {kind} | " + " | ".join(cells) + f" | {getattr(limits, kind):g} |")
-        return "\n".join(lines)
+        return markdown.table(["kind", *models, "limit (edge, system)"], rows)
 
 
 def is_sentiment(labels: Sequence[str]) -> bool:
@@ -295,7 +293,7 @@ def _example(case: Case, before: str | None, after: str | None) -> str:
     shown = mask(case.text)
     shown = shown if len(shown) <= 160 else shown[:157] + "..."
     was = case.expected if case.original is None else before
-    return f"{shown!r}: {was} -> {after}"
+    return f"{code(repr(shown))}: {code(was)} -> {code(after)}"
 
 
 def run_suite(
@@ -341,17 +339,17 @@ def report(outcomes: dict[str, dict[str, Outcome]], checks: list[Check]) -> str:
         "",
         f"Failure rates (failed / cases): **{verdict}**.",
         "",
-        "| check | " + " | ".join(models) + " |",
-        "|---|" + "---|" * len(models),
-    ]
-    for key, by_model in outcomes.items():
-        cells = [f"{o.rate:.3f} ({o.failures}/{o.cases})" for o in by_model.values()]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        markdown.table(
+            ["check", *models],
+            [[code(key), *(f"{o.rate:.3f} ({o.failures}/{o.cases})" for o in by_model.values())]
+             for key, by_model in outcomes.items()],
+        ),
+    ]  # fmt: skip
     lines += ["", *(f"- {c}" for c in checks)]
     failed = {key: by_model["system"] for key, by_model in outcomes.items() if by_model["system"].failures}
     if failed:
         lines += ["", "## Failed cases of the routed system (masked)", ""]
-        lines += [f"- `{key}`: " + "; ".join(outcome.examples) for key, outcome in failed.items()]
+        lines += [f"- {code(key)}: " + "; ".join(outcome.examples) for key, outcome in failed.items()]
     return "\n".join(lines) + "\n"
 
 

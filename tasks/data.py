@@ -66,6 +66,16 @@ def validate(frame: pd.DataFrame, config: DataConfig, source: str) -> tuple[pd.D
             f"{source}: {rows_phrase(bad_label)}, column {label_col!r}: a label must be a string or an "
             f"integer, got {type(labels.iloc[bad_label[0]]).__name__}"
         )
+    # A label is shown in model cards, reports and the CLI's tab-separated output: no line break,
+    # tab or other control character may split or forge a line there.
+    controlled = [
+        i for i, v in enumerate(labels) if any(unicodedata.category(c) == "Cc" for c in str(v).strip())
+    ]
+    if controlled:
+        raise DataValidationError(
+            f"{source}: {rows_phrase(controlled)}, column {label_col!r}: the label "
+            f"{str(labels.iloc[controlled[0]]).strip()!r} holds a control character (a line break, tab, ...)"
+        )
 
     texts = texts.map(lambda t: unicodedata.normalize("NFC", t.strip()))
     too_long = [i for i, t in enumerate(texts) if len(t) > config.max_chars]

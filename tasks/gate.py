@@ -15,7 +15,7 @@ from edgeroute.model import OnnxClassifier, load_tokenizer
 from tasks.calibrate import Calibration
 from tasks.compress import Compressed, Recipe, Variant, fallback_recipes, quantize, weight_nodes
 from tasks.evaluate import benchmark
-from tasks.support import tracking
+from tasks.support import markdown, tracking
 from tasks.support.config import GateConfig, PipelineConfig
 from tasks.support.dataset import PreparedData
 
@@ -105,17 +105,13 @@ def report(fp32: Metrics, attempts: list[Attempt], chosen: Attempt | None = None
         f"FP32 reference: accuracy {fp32['accuracy']:.4f}, macro-F1 {fp32['macro_f1']:.4f}, "
         f"{fp32['size_mb']:.1f} MB.",
         "",
-        "| # | recipe | accuracy | macro-F1 | size MB | p95 ms | result | checks |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for number, attempt in enumerate(attempts, start=1):
-        m = attempt.metrics
-        lines.append(
-            f"| {number} | {attempt.recipe.name} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
-            f"{m['size_mb']:.1f} | {m['p95_ms']:.2f} | {'pass' if attempt.passed else 'FAIL'} | "
-            + "; ".join(map(str, attempt.checks))
-            + " |"
-        )
+        markdown.table(
+            ["#", "recipe", "accuracy", "macro-F1", "size MB", "p95 ms", "result", "checks"],
+            [[number, a.recipe.name, f"{a.metrics['accuracy']:.4f}", f"{a.metrics['macro_f1']:.4f}",
+              f"{a.metrics['size_mb']:.1f}", f"{a.metrics['p95_ms']:.2f}", "pass" if a.passed else "FAIL",
+              "; ".join(map(str, a.checks))] for number, a in enumerate(attempts, start=1)],
+        ),
+    ]  # fmt: skip
     if chosen is not None and not chosen.recipe.batch_independent:
         m = chosen.metrics
         lines += [
@@ -270,9 +266,10 @@ def system_report(router: Metrics, checks: list[Check]) -> str:
         "",
         f"The calibrated router on the test split: **{verdict}**.",
         "",
-        "| edge only | cloud only | routed | gap recovered | edge share | cost per query | savings |",
-        "|---|---|---|---|---|---|---|",
-        "| " + " | ".join(cells) + " |",
+        markdown.table(
+            ["edge only", "cloud only", "routed", "gap recovered", "edge share", "cost per query", "savings"],
+            [cells],
+        ),
         "",
         *(f"- {c}" for c in checks),
     ]

@@ -18,8 +18,9 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 
 from edgeroute.bundle import Bundle, BundleError
-from tasks.support import tracking
+from tasks.support import markdown, tracking
 from tasks.support.dataset import PreparedData
+from tasks.support.markdown import code
 
 # MLflow keeps a version's description in a VARCHAR(5000) on SQL stores (PostgreSQL refuses more).
 DESCRIPTION_LIMIT = 5000
@@ -96,10 +97,7 @@ def _first(*values: Any) -> float | None:
 def _table(header: Sequence[str], rows: Iterable[Sequence[str | None]]) -> list[str]:
     """A markdown table of the rows with a figure in them; nothing when no row has one."""
     kept = [row for row in rows if any(cell is not None for cell in row[1:])]
-    if not kept:
-        return []
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return [*lines, *("| " + " | ".join("—" if c is None else c for c in row) + " |" for row in kept), ""]
+    return [*markdown.table(header, kept).splitlines(), ""] if kept else []
 
 
 def _bullets(items: Mapping[str, str | None]) -> list[str]:
@@ -240,11 +238,11 @@ def _card_labels(card: _Card, budget: int | None) -> list[str]:
 
     title = f"**Labels** ({len(labels)}" + (", share of the data):" if total else "):")
     if total and len(labels) <= 20:
-        rows = [[f"`{label}`", f"{counts.get(label, 0):,}", share(label).strip() or None] for label in labels]
+        rows = [[code(label), f"{counts.get(label, 0):,}", share(label).strip() or None] for label in labels]
         table = [title, "", *_table(("label", "rows", "share"), rows)]
         if budget is None or len("\n".join(table)) < budget:
             return table
-    items = [f"`{label}`{share(label)}" for label in labels]
+    items = [f"{code(label)}{share(label)}" for label in labels]
     kept = items
     while budget is not None and kept and len(title) + len(", ".join(kept)) + 24 > budget:
         kept = kept[: len(kept) * 9 // 10]

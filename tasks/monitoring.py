@@ -23,7 +23,8 @@ from prefect.events import emit_event
 from edgeroute.cloud import SAME_ORIGIN
 from edgeroute.config import Thresholds
 from edgeroute.monitor import drift_alerts
-from tasks.support import tracking
+from tasks.support import markdown, tracking
+from tasks.support.markdown import code
 
 DEGRADED = "edgeroute.router.degraded"
 HEALTHY = "edgeroute.router.healthy"
@@ -96,19 +97,14 @@ def _versions_table(report: dict[str, Any]) -> str:
         return ""
     canary = (report.get("canary") or {}).get("model_version")
     roles = {report.get("model_version"): " champion", canary: " canary"}
-    rows = "\n".join(
-        f"| `{version}`{roles.get(version, '')} | {m['requests']} | {_show(m['edge_share'], '{:.1%}')} "
-        f"| {_show(m['accuracy'], '{:.3f}')} ({m['labelled']} labelled) "
-        f"| {_show(m['cost_per_query'], '${:.5f}')} | {_show(m['p95_latency_ms'], '{:.1f} ms')} |"
-        for version, m in versions.items()
-    )
-    return f"""
-By model version:
-
-| version | requests | edge share | accuracy (feedback) | cost per query | p95 latency |
-|---|---|---|---|---|---|
-{rows}
-"""
+    table = markdown.table(
+        ["version", "requests", "edge share", "accuracy (feedback)", "cost per query", "p95 latency"],
+        [[f"{code(version)}{roles.get(version, '')}", m["requests"], _show(m["edge_share"], "{:.1%}"),
+          f"{_show(m['accuracy'], '{:.3f}')} ({m['labelled']} labelled)",
+          _show(m["cost_per_query"], "${:.5f}"), _show(m["p95_latency_ms"], "{:.1f} ms")]
+         for version, m in versions.items()],
+    )  # fmt: skip
+    return f"\nBy model version:\n\n{table}\n"
 
 
 def _drift_line(report: dict[str, Any]) -> str:

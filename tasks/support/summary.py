@@ -12,7 +12,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.support import tracking
+from tasks.support import markdown, tracking
 
 Metrics = dict[str, float]
 
@@ -61,10 +61,6 @@ def headline(
     }
 
 
-def _row(name: str, columns: dict[str, Metrics], cell) -> str:
-    return f"| {name} | " + " | ".join(cell(m) for m in columns.values()) + " |"
-
-
 def _relative(model: Metrics, cloud: Metrics, key: str, what: str) -> str:
     """`` (N % smaller)`` or `` (N % kept)`` against the cloud tier; nothing for the cloud tier itself."""
     if model is cloud:
@@ -82,17 +78,17 @@ def model_table(columns: dict[str, Metrics], student_layers: int | None) -> str:
         names |= {"fp32": f"student FP32 ({layers})", "edge": "student INT8 (edge tier)"}
     else:
         names["fp32"] = "FP32 (cloud tier)"
-    header = "| | " + " | ".join(names[n] for n in columns) + " |"
-    rows = [
-        header,
-        "|---|" + "---|" * len(columns),
-        _row("size", columns, lambda m: f"{m['size_mb']:.2f} MB" + _relative(m, cloud, "size_mb", "smaller")),
-        _row("accuracy", columns, lambda m: f"{m['accuracy']:.4f}" + _relative(m, cloud, "accuracy", "kept")),
-        _row("macro-F1", columns, lambda m: f"{m['macro_f1']:.4f}"),
-        _row("p50 / p95 latency (1 thread)", columns, lambda m: f"{m['p50_ms']:.2f} / {m['p95_ms']:.2f} ms"),
-        _row("throughput", columns, lambda m: f"{m['throughput_per_s']:.0f} msg/s"),
-    ]
-    return "\n".join(rows)
+    cells = {
+        "size": lambda m: f"{m['size_mb']:.2f} MB" + _relative(m, cloud, "size_mb", "smaller"),
+        "accuracy": lambda m: f"{m['accuracy']:.4f}" + _relative(m, cloud, "accuracy", "kept"),
+        "macro-F1": lambda m: f"{m['macro_f1']:.4f}",
+        "p50 / p95 latency (1 thread)": lambda m: f"{m['p50_ms']:.2f} / {m['p95_ms']:.2f} ms",
+        "throughput": lambda m: f"{m['throughput_per_s']:.0f} msg/s",
+    }
+    return markdown.table(
+        ["", *(names[n] for n in columns)],
+        [[row, *map(cell, columns.values())] for row, cell in cells.items()],
+    )
 
 
 def to_markdown(

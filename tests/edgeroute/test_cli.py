@@ -39,6 +39,15 @@ def test_classify_routes_arguments_and_stdin(tmp_path, tiny_bundle):
     assert [cols[-1] for cols in lines] == texts
 
 
+def test_classifys_tab_separated_output_opens_safely_in_a_spreadsheet(tmp_path, tiny_bundle):
+    texts = ['=HYPERLINK("http://evil.example","refund")', "@SUM(1+1) where is my order", "a\ttab inside"]
+    done = run_cli([str(BIN / "edgeroute"), "classify", "--bundle", str(tiny_bundle), *texts], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert {len(cols) for cols in lines} == {6}, "a tab in a text must not add a column"
+    assert [cols[-1] for cols in lines] == [f"'{texts[0]}", f"'{texts[1]}", "a tab inside"]
+
+
 def test_classify_without_a_bundle_or_with_a_broken_one_exits_2(tmp_path, tiny_bundle):
     done = run_cli([str(BIN / "edgeroute"), "classify", "hello"], tmp_path)
     assert done.returncode == 2 and "--bundle DIR or --model" in done.stderr

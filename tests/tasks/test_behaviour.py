@@ -128,7 +128,7 @@ def test_the_report_and_metrics_show_each_check_and_mask_failed_cases():
     assert result.metrics["edge.invariance"] == max(
         v for k, v in result.metrics.items() if k.startswith("edge.invariance.")
     )
-    assert "| invariance.email | 0.750 (3/4) | 0.000 (0/4) | 0.750 (3/4) |" in result.report
+    assert "| `invariance.email` | 0.750 (3/4) | 0.000 (0/4) | 0.750 (3/4) |" in result.report
     assert "- system.invariance 0.7500 <= 0.05: FAIL" in result.report
     assert "<EMAIL_ADDRESS>" in result.report and "@" not in result.report
     assert "| invariance | 0.750 | 0.000 | 0.750 | 0.05 |" in result.summary(limits)

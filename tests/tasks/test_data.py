@@ -155,6 +155,13 @@ CASES = {
         [],
         r"row 1, column 'label': a label must be a string or an integer, got dict",
     ),
+    "label with a line break": (
+        lambda p: _jsonl(
+            p, ['{"text": "a", "label": "x"}', '{"text": "b", "label": "ok\\n| forged | row |"}']
+        ),
+        [],
+        r"row 2, column 'label': the label 'ok\\n\| forged \| row \|' holds a control character",
+    ),
     "single class": (
         lambda p: _csv(p, _rows(labels=("only",))),
         [],
