@@ -9,8 +9,9 @@ always goes the same way, and about ``share`` of them go to the canary.
 A `Follower` keeps one of them on the version a registry alias points at: every ``refresh_s``
 it asks which version the alias holds, and a new one is downloaded, verified (every file's
 sha256, and the signature where keys are configured), loaded and warmed up beside the one
-serving, then swapped in. A version that fails any of that is logged and skipped until the
-alias moves again; the old one keeps serving.
+serving, then swapped in. A version that fails any of that is logged and skipped while the
+alias stays on it; the old one keeps serving. Once the alias moves, to another version or away
+and back, the refused one is tried again: its artifacts may have been fixed since.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class Follower:
     ) -> None:
         self.uri, self.slot, self.releases, self.refresh_s = uri, slot, releases, refresh_s
         self.lookup, self.fetch, self.build = lookup, fetch, build
-        self.skipped: set[str] = set()
+        self.refused: str | None = None  # the version the alias holds that failed; None once it moves
 
     @property
     def serving(self) -> str:
@@ -153,13 +154,15 @@ class Follower:
         except Exception as exc:  # the registry is down: keep serving what is loaded
             logger.warning("%s: cannot read the registry (%s); still serving %s", self.uri, exc, self.serving)
             return None
-        if version == self.serving or version in self.skipped:
+        if version != self.refused:
+            self.refused = None
+        if version == self.serving or version == self.refused:
             return None
         began = time.perf_counter()
         try:
             release = self.build(self.fetch(f"models:/{version}"), version)
         except Exception as exc:  # a version that cannot be served is never half-swapped in
-            self.skipped.add(version)
+            self.refused = version
             logger.error(
                 "%s: version %s refused (%s); still serving %s", self.uri, version, exc, self.serving
             )

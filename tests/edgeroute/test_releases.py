@@ -172,10 +172,27 @@ def test_a_version_that_fails_to_verify_is_skipped_and_the_old_one_keeps_serving
     releases = Releases(release(tiny_bundle, "m/1"))
     follower = registry.follower(releases, refresh_s=60)
     assert follower.check() is None and follower.check() is None
-    assert releases.champion.version == "m/1" and follower.skipped == {"m/2"}
+    assert releases.champion.version == "m/1" and follower.refused == "m/2"
     assert "version m/2 refused" in caplog.text and "still serving m/1" in caplog.text
     registry.current = "m/1"
     assert follower.check() is None, "back on the version served: nothing to swap"
+
+
+def test_a_refused_version_is_tried_again_once_the_alias_moves_away_and_back(
+    tiny_bundle, escalating_bundle, tmp_path
+):
+    broken = shutil.copytree(escalating_bundle, tmp_path / "m2")
+    (broken / "router.json").write_text((broken / "router.json").read_text().replace("0.", "0.0", 1))
+    registry = Registry({"m/1": tiny_bundle, "m/2": broken, "m/3": tiny_bundle}, "m/2")
+    releases = Releases(release(tiny_bundle, "m/1"))
+    follower = registry.follower(releases, refresh_s=60)
+    assert follower.check() is None and releases.champion.version == "m/1"
+    shutil.rmtree(broken)
+    shutil.copytree(escalating_bundle, broken)  # the artifacts fixed
+    registry.current = "m/3"
+    assert follower.check() == "m/3"
+    registry.current = "m/2"
+    assert follower.check() == "m/2" and releases.champion.version == "m/2"
 
 
 def drifted(texts: list[str]) -> list[str]:
