@@ -20,18 +20,28 @@ from tasks.support.dataset import PreparedData
 # The texts of one micro-batch in the service, by default.
 BATCH_TEXTS = BatchingConfig().max_texts
 HEADLINE = ("accuracy", "macro_f1", "p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "size_mb")
+# A class's recall counts towards min_class_recall from this many test messages on: below it, one
+# message is a tenth of the figure or more.
+MIN_CLASS_SUPPORT = 10
 
 
 def quality(classifier: OnnxClassifier, frame: pd.DataFrame) -> dict[str, float]:
-    """Accuracy, macro-F1 and the F1 of each class."""
-    from sklearn.metrics import accuracy_score, f1_score
+    """Accuracy, macro-F1, the F1 of each class, and the lowest recall of a class with
+    ``MIN_CLASS_SUPPORT`` test messages or more (1.0 where none has)."""
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
 
     predicted = classifier.predict(frame["text"].tolist())
     labels = classifier.labels
     per_class = f1_score(frame["label"], predicted, labels=labels, average=None, zero_division=0)
+    recall = recall_score(frame["label"], predicted, labels=labels, average=None, zero_division=0)
+    support = frame["label"].value_counts()
+    counted = [
+        r for label, r in zip(labels, recall, strict=True) if support.get(label, 0) >= MIN_CLASS_SUPPORT
+    ]
     return {
         "accuracy": float(accuracy_score(frame["label"], predicted)),
         "macro_f1": float(np.mean(per_class)),
+        "min_class_recall": float(min(counted, default=1.0)),
     } | {f"f1.{label}": float(score) for label, score in zip(labels, per_class, strict=True)}
 
 

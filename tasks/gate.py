@@ -64,8 +64,9 @@ BATCH_CHECKS = ("batch_label_agreement", "batch_max_probability_change")
 
 
 def check(fp32: Metrics, int8: Metrics, settings: GateConfig) -> list[Check]:
-    """INT8 against FP32: accuracy (and macro-F1) retention, then the optional budgets; then one
-    answer per text: the same label and nearly the same probabilities alone and batched."""
+    """INT8 against FP32: accuracy (and macro-F1) retention; the floors on INT8's own macro-F1
+    and lowest class recall; the optional budgets; then one answer per text: the same label and
+    nearly the same probabilities alone and batched."""
     checks = [
         Check(
             "accuracy_retention", int8["accuracy"] / fp32["accuracy"], settings.min_accuracy_retention, True
@@ -80,6 +81,10 @@ def check(fp32: Metrics, int8: Metrics, settings: GateConfig) -> list[Check]:
                 True,
             )
         )
+    if settings.min_macro_f1 is not None:
+        checks.append(Check("macro_f1", int8["macro_f1"], settings.min_macro_f1, True))
+    if settings.min_class_recall is not None:
+        checks.append(Check("min_class_recall", int8["min_class_recall"], settings.min_class_recall, True))
     if settings.max_size_mb is not None:
         checks.append(Check("size_mb", int8["size_mb"], settings.max_size_mb, False))
     if settings.max_p95_latency_ms is not None:

@@ -225,6 +225,17 @@ class GateConfig(Frozen):
 
     min_accuracy_retention: float = Field(0.99, gt=0)
     min_macro_f1_retention: float | None = Field(0.99, gt=0)
+    # Absolute floors: retention alone passes a model that only ever answers the majority class.
+    min_macro_f1: float | None = Field(
+        0.5, ge=0, le=1, description="the edge model's macro-F1 on the test split"
+    )
+    min_class_recall: float | None = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="the edge model's lowest recall of a class, among the classes with enough "
+        "test messages to measure it (tasks.evaluate.MIN_CLASS_SUPPORT)",
+    )
     max_size_mb: float | None = Field(None, gt=0)
     max_p95_latency_ms: float | None = Field(None, gt=0)
     max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")

@@ -28,6 +28,7 @@ def _metrics(
     return {
         "accuracy": accuracy,
         "macro_f1": macro_f1,
+        "min_class_recall": 0.8,
         "size_mb": size_mb,
         "p95_ms": p95_ms,
         "p50_ms": 1.0,
@@ -45,6 +46,8 @@ def test_retention_is_a_ratio_with_a_configurable_floor():
     assert _checks(_metrics(0.891)) == {
         "accuracy_retention": True,
         "macro_f1_retention": True,
+        "macro_f1": True,
+        "min_class_recall": True,
         "batch_label_agreement": True,
         "batch_max_probability_change": True,
     }
@@ -52,6 +55,15 @@ def test_retention_is_a_ratio_with_a_configurable_floor():
     assert _checks(_metrics(0.880), min_accuracy_retention=0.97)["accuracy_retention"] is True
     assert _checks(_metrics(0.9, macro_f1=0.80))["macro_f1_retention"] is False
     assert "macro_f1_retention" not in _checks(_metrics(0.9), min_macro_f1_retention=None)
+
+
+def test_a_model_that_only_answers_the_majority_class_fails_the_floors_whatever_it_retains():
+    majority = {"accuracy": 0.96, "macro_f1": 0.33, "size_mb": 90.0, "p95_ms": 5.0}  # FP32 as bad
+    int8 = _metrics(0.96, macro_f1=0.33) | {"min_class_recall": 0.0}
+    checks = {c.name: c.passed for c in check(majority, int8, GateConfig())}
+    assert checks["accuracy_retention"] and checks["macro_f1_retention"]
+    assert checks["macro_f1"] is False and checks["min_class_recall"] is False
+    assert "macro_f1" not in _checks(int8, min_macro_f1=None, min_class_recall=None)
 
 
 def test_size_and_latency_budgets():
