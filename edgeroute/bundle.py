@@ -133,15 +133,19 @@ class Bundle:
     def verify(self, *names: str) -> None:
         """Check each file's sha256 against the manifest (once per file); refuse a mismatch."""
         for name in names:
-            if name in self.verified:
-                continue
-            if name not in self.manifest["files"]:
-                raise BundleError(f"{self.path}: no {name} in this bundle")
-            if sha256(self.path / name) != self.manifest["files"][name]:
-                raise BundleError(
-                    f"{self.path}: {name} does not match its sha256 in the manifest; refusing it"
-                )
-            self.verified.add(name)
+            if name not in self.verified:
+                self.read(name)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of ``name``, read once and checked against its sha256 in the manifest: what
+        is loaded is what was checked, even if the file is replaced after the check."""
+        if name not in self.manifest["files"]:
+            raise BundleError(f"{self.path}: no {name} in this bundle")
+        content = (self.path / name).read_bytes()
+        if hashlib.sha256(content).hexdigest() != self.manifest["files"][name]:
+            raise BundleError(f"{self.path}: {name} does not match its sha256 in the manifest; refusing it")
+        self.verified.add(name)
+        return content
 
     @property
     def labels(self) -> list[str]:
@@ -157,10 +161,9 @@ class Bundle:
         # A model may carry its own tokenizer (the FP32 cloud model beside a trimmed edge one).
         own = str(Path(name).parent / TOKENIZER)
         tokenizer_name = own if self.has(own) else TOKENIZER
-        self.verify(name, tokenizer_name)
-        tokenizer = load_tokenizer(self.path / tokenizer_name, self.manifest["max_length"])
+        tokenizer = load_tokenizer(self.read(tokenizer_name), self.manifest["max_length"])
         model = OnnxClassifier(
-            self.path / name, tokenizer, self.labels, threads=threads, batch_size=batch_size
+            self.read(name), tokenizer, self.labels, threads=threads, batch_size=batch_size
         )
         outputs = model.session.get_outputs()[0].shape[-1]
         if isinstance(outputs, int) and outputs != len(self.labels):
@@ -173,9 +176,8 @@ class Bundle:
         """``router.json``, or the reference settings for a bundle that was never calibrated."""
         if not self.has(ROUTER):
             return RouterSettings()
-        self.verify(ROUTER)
         try:
-            return RouterSettings.load(self.path / ROUTER)
+            return RouterSettings.parse(self.read(ROUTER), self.path / ROUTER)
         except ValueError as exc:
             raise BundleError(str(exc)) from None
 
@@ -183,9 +185,8 @@ class Bundle:
         """``profile.json``, or None for a bundle written without one (drift is then not measured)."""
         if not self.has(PROFILE):
             return None
-        self.verify(PROFILE)
         try:
-            return Profile.from_dict(json.loads((self.path / PROFILE).read_text(encoding="utf-8")))
+            return Profile.from_dict(json.loads(self.read(PROFILE)))
         except ValueError as exc:  # JSONDecodeError included
             raise BundleError(f"{self.path}: {PROFILE}: {exc}") from None
 

@@ -31,9 +31,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
-    """A fast tokenizer that truncates to ``max_length``; the classifier pads each batch itself."""
-    tokenizer = Tokenizer.from_file(str(path))
+def load_tokenizer(source: Path | bytes, max_length: int) -> Tokenizer:
+    """A fast tokenizer (its ``tokenizer.json``, or that file's bytes) that truncates to
+    ``max_length``; the classifier pads each batch itself."""
+    if isinstance(source, bytes):
+        tokenizer = Tokenizer.from_str(source.decode("utf-8"))
+    else:
+        tokenizer = Tokenizer.from_file(str(source))
     tokenizer.enable_truncation(max_length)
     tokenizer.no_padding()
     return tokenizer
@@ -62,11 +66,11 @@ def length_buckets(
 
 
 class OnnxClassifier:
-    """Batched ``predict_proba`` over an ONNX sequence classifier."""
+    """Batched ``predict_proba`` over an ONNX sequence classifier: a model file, or its bytes."""
 
     def __init__(
         self,
-        model_path: Path,
+        model: Path | bytes,
         tokenizer: Tokenizer,
         labels: Sequence[str],
         *,
@@ -78,7 +82,7 @@ class OnnxClassifier:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
-            str(model_path),
+            model if isinstance(model, bytes) else str(model),
             options,
             providers=["CPUExecutionProvider"],
             disabled_optimizers=list(SLOW_FUSIONS),
@@ -92,7 +96,6 @@ class OnnxClassifier:
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.batch_size = batch_size
-        self.path = Path(model_path)
 
     def run(self, encodings: Sequence[Encoding]) -> np.ndarray:
         """Raw scores for encodings, padded here to the longest of them."""

@@ -115,10 +115,15 @@ class RouterSettings:
 
     @classmethod
     def load(cls, path: Path) -> RouterSettings:
+        return cls.parse(path.read_bytes(), path)
+
+    @classmethod
+    def parse(cls, content: bytes, source: Path) -> RouterSettings:
+        """``router.json``'s ``content``; a ValueError naming ``source`` when it is not valid."""
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            return cls.from_dict(json.loads(content))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,13 @@ def test_a_lazy_bundle_checks_each_file_when_first_read(bundle_dir, tmp_path):
     assert not (tmp_path / "derived").exists()
 
 
+def test_a_model_swapped_after_its_check_is_never_the_one_loaded(bundle_dir):
+    bundle = load_bundle(bundle_dir)  # every file hashed and found as the manifest says
+    (bundle_dir / EDGE_MODEL).write_bytes((bundle_dir / CLOUD_MODEL).read_bytes())
+    with pytest.raises(BundleError, match=r"edge/model\.onnx does not match its sha256"):
+        bundle.classifier(EDGE_MODEL)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
