@@ -37,6 +37,9 @@ from edgeroute.model import OnnxClassifier
 logger = logging.getLogger(__name__)
 
 ANSWER_TOKENS = 64  # max_tokens of every request: a label, or the JSON object that holds it
+# The most a cloud may answer to one call: read up to it, never further (a hostile or broken
+# server can send gigabytes). An edgeroute cloud's answer to 256 texts is about 80 KB.
+MAX_ANSWER_BYTES = 8 << 20
 TEMPLATE_TOKENS = 512  # what a chat template may add to a prompt, at most
 
 _CLOUD, _BREAKER = CloudConfig(), BreakerConfig()
@@ -128,8 +131,10 @@ class HttpCloud:
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
                 with SAME_ORIGIN.open(request, timeout=self.timeout_s) as response:
-                    body = response.read()
-                return predictions(body, len(texts), self.endpoint)
+                    answer = response.read(MAX_ANSWER_BYTES + 1)
+                if len(answer) > MAX_ANSWER_BYTES:
+                    raise RuntimeError(f"{self.endpoint} answered more than {MAX_ANSWER_BYTES} bytes")
+                return predictions(answer, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
                 # The status only: the body of an error may echo the texts it was sent.
                 if exc.code < 500 and exc.code not in (408, 429):
@@ -455,11 +460,14 @@ class OpenAICloud:
         import httpx
 
         try:
-            response = self.client.post(self.endpoint, json=body)
+            with self.client.stream("POST", self.endpoint, json=body) as response:
+                content = _capped(response) if response.status_code == 200 else b""
         except httpx.TimeoutException:
             raise _Transient(f"{self.endpoint} did not answer within {self.config.timeout_s} s") from None
         except httpx.TransportError as exc:
             raise _Transient(f"{self.endpoint} unreachable: {type(exc).__name__}") from None
+        if content is None:
+            raise _BadAnswer(f"{self.endpoint} answered more than {MAX_ANSWER_BYTES} bytes")
         status = response.status_code
         # The status only: an error's body may echo the text it was sent.
         if status in (408, 429) or status >= 500:
@@ -468,7 +476,7 @@ class OpenAICloud:
             )
         if status != 200:
             raise _BadAnswer(f"{self.endpoint} answered {status}")
-        return self._parse(response.content, len(json.dumps(body["messages"]).encode()))
+        return self._parse(content, len(json.dumps(body["messages"]).encode()))
 
     def _parse(self, content: bytes, prompt_bytes: int) -> Prediction:
         try:
@@ -517,6 +525,20 @@ class OpenAICloud:
         return (
             prompt * config.price_per_1k_input_tokens + completion * config.price_per_1k_output_tokens
         ) / 1000
+
+
+def _capped(response: Any) -> bytes | None:
+    """The body of an httpx streamed ``response``, or None past ``MAX_ANSWER_BYTES`` (read no
+    further than that)."""
+    if int(response.headers.get("Content-Length") or 0) > MAX_ANSWER_BYTES:
+        return None
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _confidence(logprobs: Any) -> float | None:

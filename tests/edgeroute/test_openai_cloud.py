@@ -155,6 +155,15 @@ def test_token_counts_that_cannot_be_are_priced_at_the_routers_cloud_cost(escala
     assert decision.cost == pytest.approx(router.settings.costs.edge + router.settings.costs.cloud)
 
 
+def test_an_answer_larger_than_the_cap_is_refused_unread(escalating_bundle, llm):
+    from edgeroute.cloud import MAX_ANSWER_BYTES
+
+    padded = json.dumps(_completion(json.dumps({"label": "negative"}))).encode() + b" " * MAX_ANSWER_BYTES
+    llm.script = [(200, padded, {})]  # valid JSON, only too large
+    (decision,) = routed(escalating_bundle, llm, "cloud.max_retries=0").route(["I want a refund"])
+    assert decision.reason == CLOUD_ERROR and decision.route == "edge"
+
+
 def test_calls_run_at_most_max_concurrency_at_once(escalating_bundle, llm):
     llm.delay_s = 0.2
     decisions = routed(escalating_bundle, llm, "cloud.max_concurrency=3").route(["where is my parcel"] * 9)

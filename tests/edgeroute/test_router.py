@@ -146,6 +146,18 @@ def test_a_card_split_across_two_escalated_texts_never_reaches_the_cloud_whole(b
     ]
 
 
+def test_a_cloud_answer_larger_than_the_cap_is_a_cloud_error(bundle, service, local_cloud):
+    from edgeroute.cloud import MAX_ANSWER_BYTES
+
+    def padded(texts):
+        answers = json.dumps({"results": [a.__dict__ for a in local_cloud.classify(texts)]}).encode()
+        return 200, answers + b" " * MAX_ANSWER_BYTES  # valid JSON, only too large
+
+    service.reply = padded
+    router = make_router(bundle, HttpCloud(service.url, max_retries=0), **EDGE_ONLY | {"min_confidence": 1.0})
+    assert {d.reason for d in router.route(["where is my parcel", "thanks"])} == {CLOUD_ERROR}
+
+
 def test_a_failed_cloud_returns_the_edge_answer_with_cloud_error(bundle, texts, service):
     service.stop()  # nothing listens on the port any more
     router = make_router(bundle, HttpCloud(service.url, max_retries=1, backoff_s=0.01), min_confidence=1.0)
