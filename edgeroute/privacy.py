@@ -59,6 +59,7 @@ _STREET_BEFORE = "rue|avenue|boulevard|chemin|allée|allee|impasse|quai|place"
 _STREET_SUFFIX = "straße|strasse|str\\.|weg|gasse|platz|allee|ring|damm|laan|straat|gracht|vej|gatan"
 _STREET_FIRST = "via|viale|piazza|calle|avenida|rua|carrer|plaza|ulica"
 _SEPARATOR = re.compile(r"[\W_]")
+_DIGIT_RUN = re.compile(rf"\d(?:{_GAP}\d)*")
 _EDGE_DIGITS = re.compile(rf"[\W_]*(\d(?:{_GAP}\d)*)")
 _DAY = re.compile(r"(?:19|20)\d\d-[01]\d-[0-3]\d|[0-3]?\d([./\-])[01]?\d\1(?:19|20)?\d\d")
 # A spelt-out address ends in a common top-level domain or a country's: "at maria dot lopez at
@@ -149,27 +150,43 @@ class Entity:
     # words after an IBAN can fit its pattern of groups ("ES91 2100 0418 4502 0005 1332 from"),
     # and other digits can follow a card.
     cut_at_separators: bool = False
+    # Not looked for inside a run of digits (separators between them) with more digits than
+    # this: each digit of such a run would start a match, quadratic in its length, and the run
+    # is masked whole as NUMBER anyway.
+    longest_run: int | None = None
 
     def spans(self, text: str, start: int = 0, end: int | None = None) -> Iterable[tuple[int, int]]:
         """Matches within ``text[start:end]``; the end of that range counts as the end of text.
 
-        A match whose check fails is tried shorter (``cut_at_spaces``); failing still, the search
-        goes on from its next character, not past it: a card after other digits starts there.
+        A match whose check fails is tried shorter (``cut_at_separators``); failing still, the
+        search goes on from its next character, not past it: a card after other digits starts
+        there.
         """
-        end = len(text) if end is None else end
-        position = start
-        while (match := self.pattern.search(text, position, end)) is not None:
-            span = next(
-                (
-                    candidate.span(self.group)
-                    for candidate in self._candidates(text, match)
-                    if candidate and (self.check is None or self.check(candidate.group(self.group)))
-                ),
-                None,
-            )
-            if span is not None:
-                yield span
-            position = max(span[1] if span else 0, match.start() + 1)
+        for low, high in self._searched(text, start, len(text) if end is None else end):
+            position = low
+            while (match := self.pattern.search(text, position, high)) is not None:
+                span = next(
+                    (
+                        candidate.span(self.group)
+                        for candidate in self._candidates(text, match)
+                        if candidate and (self.check is None or self.check(candidate.group(self.group)))
+                    ),
+                    None,
+                )
+                if span is not None:
+                    yield span
+                position = max(span[1] if span else 0, match.start() + 1)
+
+    def _searched(self, text: str, start: int, end: int) -> list[tuple[int, int]]:
+        """``[start, end)`` less the runs of more than ``longest_run`` digits."""
+        if self.longest_run is None:
+            return [(start, end)]
+        ranges, low = [], start
+        for run in _DIGIT_RUN.finditer(text, start, end):
+            if sum(c.isdigit() for c in run.group()) > self.longest_run:
+                ranges.append((low, run.start()))
+                low = run.end()
+        return [*ranges, (low, end)]
 
     def _candidates(self, text: str, match: re.Match[str]) -> Iterator[re.Match[str] | None]:
         yield match
@@ -220,6 +237,7 @@ ENTITIES: tuple[Entity, ...] = (
         re.compile(rf"(?<!{_ALNUM})\d(?:{_GAP}\d){{12,18}}(?!{_ALNUM})"),
         _card_valid,
         cut_at_separators=True,
+        longest_run=40,  # two cards side by side and change
     ),
     Entity(
         "IP_ADDRESS",

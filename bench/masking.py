@@ -1,20 +1,29 @@
-"""What personal data each masking engine lets through, on a set of probes written for it.
+"""What personal data each masking engine lets through, on a set of probes written for it, and
+what masking costs on texts written to make it slow.
 
-    .venv/bin/python -m bench.leaks --save
+    .venv/bin/python -m bench.masking --save
 
 Each probe is a message and the raw values in it. A value leaks when the masked message still
 holds it, compared without separators (``4111 1111`` leaks as ``41111111``), or, for a number,
 when more than six of its digits survive in one run (what PCI DSS lets a receipt show). A probe
 of two texts is masked one text at a time, as the router masks each text of a cloud request,
 and its values are looked for in what the two become together. Both engines are run: ``regex``
-(the default) and ``presidio`` (the ``presidio`` extra). Prints one JSON object: per engine the
-probes, the leaks, and each leaking probe with what it became.
+(the default) and ``presidio`` (the ``presidio`` extra).
+
+The cost: each adversarial text (4,000 characters, the service's limit: long runs of word
+characters, of spaces, of digits with separators, half-formed addresses, ligatures that NFKC
+lengthens) is masked three times after a warm-up, and the median kept; the baseline, in the
+same run, is the generated support messages. Prints one JSON object: per engine the probes,
+the leaks and each leaking probe with what it became, the worst adversarial text in ms per KB
+and the generated messages' mean, with their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
+import time
 
 from bench.common import emit
 
@@ -107,6 +116,51 @@ def leaked(masked: str, values: tuple[str, ...]) -> list[str]:
     return found
 
 
+LENGTH = 4000  # limits.max_text_chars
+ADVERSARIAL = {
+    "a word 4,000 letters long": "a" * LENGTH,
+    "4,000 spaces": "a" + " " * (LENGTH - 2) + "b",
+    "digits and spaces": "1 " * (LENGTH // 2),
+    "digits and dashes": "1-" * (LENGTH // 2),
+    "digits and colons": "1:" * (LENGTH // 2),
+    "digits and dots": "1.1." * (LENGTH // 4),
+    "digits and letters": "1a" * (LENGTH // 2),
+    "'a dot' repeated": "a dot " * (LENGTH // 6),
+    "'a at' repeated": "a at " * (LENGTH // 5),
+    "'a@' repeated": "a@" * (LENGTH // 2),
+    "'my name is' repeated": "my name is " * (LENGTH // 11),
+    "'Hi Aa' repeated": "Hi Aa " * (LENGTH // 6),
+    "IBAN prefixes": "GB82 " * (LENGTH // 5),
+    "street numbers": "1 Aa " * (LENGTH // 5),
+    "ligatures NFKC makes 18 letters": "\ufdfa" * (LENGTH // 18),
+}
+
+
+def ms_per_kb(mask, text: str) -> float:
+    mask(text)
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        mask(text)
+        timings.append((time.perf_counter() - start) * 1000)
+    return statistics.median(timings) / (len(text.encode()) / 1024)
+
+
+def cost(mask) -> dict:
+    from tasks.support.synthetic import generate
+
+    adversarial = {name: round(ms_per_kb(mask, text), 2) for name, text in ADVERSARIAL.items()}
+    messages = [row["text"] for row in generate(300, seed=3)]
+    baseline = statistics.mean(ms_per_kb(mask, text) for text in messages)
+    worst = max(adversarial, key=adversarial.get)
+    return {
+        "adversarial_ms_per_kb": adversarial,
+        "worst": {"text": worst, "ms_per_kb": adversarial[worst]},
+        "generated_messages_ms_per_kb": round(baseline, 2),
+        "worst_over_generated": round(adversarial[worst] / baseline, 1),
+    }
+
+
 def run(mask) -> dict:
     leaks = []
     for kind, texts, values in PROBES:
@@ -125,13 +179,9 @@ def main() -> None:
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args()
     presidio = presidio_finder(PrivacyConfig(engine="presidio"))
+    engines = {"regex": lambda text: mask(text, find), "presidio": lambda text: mask(text, presidio)}
     emit(
-        "leaks",
-        {
-            "regex": run(lambda text: mask(text, find)),
-            "presidio": run(lambda text: mask(text, presidio)),
-        },
-        args.save,
+        "masking", {name: run(engine) | {"cost": cost(engine)} for name, engine in engines.items()}, args.save
     )
 
 
