@@ -15,6 +15,7 @@ stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -22,13 +23,15 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from edgeroute.config import KeepText
 from edgeroute.privacy import mask
 
 KEY_ENV = "EDGEROUTE_AUDIT_KEY"
+# How long a write waits for another process's lock on the database before it gives up.
+WAIT_S = 1.0
 
 # confidence is NULL for a cloud answer without one (an LLM that returns no log-probabilities).
 _DECISIONS = """
@@ -82,6 +85,10 @@ class AuditError(ValueError):
     """An audit trail that cannot be kept as it must be."""
 
 
+class AuditUnavailable(RuntimeError):
+    """The trail cannot be written or read now: another process holds its lock, or the disk is full."""
+
+
 class FeedbackConflict(ValueError):
     """Feedback that contradicts the label already recorded for the request."""
 
@@ -116,7 +123,8 @@ class AuditLog:
         self.keep_text = keep_text
         self._key = audit_key(database)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(database, timeout=WAIT_S, check_same_thread=False, isolation_level=None)
+        self.failure: str | None = None  # why the last use of the trail failed; None once one succeeds
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync: a crash of the service loses nothing; only a power cut can lose
         # the last commits. FULL would fsync every request.
@@ -177,7 +185,7 @@ class AuditLog:
         ]  # fmt: skip
         columns = self._columns
         insert = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        with self._lock:
+        with self._lock, self._available():
             self._db.executemany(insert, values)
 
     def purge(self, before: float) -> int:
@@ -200,10 +208,21 @@ class AuditLog:
             self._db.execute("COMMIT")
         return removed
 
+    @contextlib.contextmanager
+    def _available(self) -> Iterator[None]:
+        """`AuditUnavailable` for what SQLite cannot do now (locked past ``WAIT_S``, disk full),
+        remembered in ``failure`` until the trail is used again with success."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            self.failure = f"{self.path}: {exc}"
+            raise AuditUnavailable(self.failure) from None
+        self.failure = None
+
     def feedback(self, request_id: str, true_label: str) -> bool:
         """Record the true label of a request, once: True when recorded, False when the same label
         was already there. A different label for the same request raises `FeedbackConflict`."""
-        with self._lock:
+        with self._lock, self._available():
             self._db.execute("BEGIN IMMEDIATE")  # one writer between the check and the insert
             try:
                 row = self._db.execute(
@@ -221,7 +240,7 @@ class AuditLog:
         return row is None
 
     def decision(self, request_id: str) -> dict | None:
-        with self._lock:
+        with self._lock, self._available():
             cursor = self._db.execute("SELECT * FROM decisions WHERE request_id = ?", (request_id,))
             row = cursor.fetchone()
             names = [c[0] for c in cursor.description]

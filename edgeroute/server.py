@@ -22,10 +22,10 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -47,7 +47,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeroute.audit import AuditLog, FeedbackConflict
+from edgeroute.audit import AuditLog, AuditUnavailable, FeedbackConflict
 from edgeroute.batching import MicroBatcher
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.config import ServeConfig
@@ -59,6 +59,7 @@ from edgeroute.router import Decision, Router, unicode_problem
 logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = ("closed", "half_open", "open")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
+T = TypeVar("T")
 PURGE_EVERY_S = 3600.0  # how often rows past audit.retention_days are looked for
 
 
@@ -232,12 +233,22 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "the request already has another feedback label",
         413: "a text, the batch or the body is too large",
         422: "a field is missing, of the wrong type or out of range",
+        503: "the audit trail cannot be used now (locked by another process, or a full disk); retry",
         504: "no answer within limits.timeout_s",
     }
     return {
         code: {"model": Invalid if code == 422 else Problem, "description": meaning[code]}
         for code in statuses
     }
+
+
+async def kept(use: Callable[..., T], *args: Any) -> T:
+    """``use(*args)`` of the audit trail on a worker thread, so that a wait for its lock never
+    holds the event loop (the probes answer meanwhile); 503 while the trail cannot be used."""
+    try:
+        return await run_in_threadpool(use, *args)
+    except AuditUnavailable as exc:
+        raise HTTPException(503, f"audit trail unavailable: {exc}", headers={"Retry-After": "1"}) from None
 
 
 class Metrics:
@@ -476,7 +487,7 @@ def create_app(
         "/v1/classify",
         response_model=ClassifyResponse,
         dependencies=[Depends(authorised)],
-        responses=_errors(400, 401, 413, 422, 504),
+        responses=_errors(400, 401, 413, 422, 503, 504),
     )
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         texts = body.all_texts()
@@ -528,12 +539,13 @@ def create_app(
             )
             for r, text, (_, d) in zip(results, texts, answered, strict=True)
         ]  # fmt: skip
-        audit.record(
+        rows = [
             r.model_dump()
             | asdict(o)
             | {"text": text, "cloud_label": d.cloud_label, "masked_text": d.masked_text}
             for r, o, text, (_, d) in zip(results, observations, texts, answered, strict=True)
-        )
+        ]
+        await kept(audit.record, rows)  # no answer that the trail does not hold
         for r, observation in zip(results, observations, strict=True):
             monitor.record(observation)
             metrics.decisions.labels(r.model_version, r.route, r.reason).inc()
@@ -548,7 +560,7 @@ def create_app(
         "/v1/feedback",
         response_model=FeedbackResponse,
         dependencies=[Depends(authorised)],
-        responses=_errors(400, 401, 404, 409, 413, 422),
+        responses=_errors(400, 401, 404, 409, 413, 422, 503),
     )
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         labels = {
@@ -556,11 +568,11 @@ def create_app(
         }
         if body.label not in labels:
             raise HTTPException(422, f"label: {body.label!r} is not one of {sorted(labels)}")
-        decision = audit.decision(body.request_id)
+        decision = await kept(audit.decision, body.request_id)
         if decision is None:
             raise HTTPException(404, f"request_id: no decision {body.request_id!r} in the audit trail")
         try:
-            recorded = audit.feedback(body.request_id, body.label)
+            recorded = await kept(audit.feedback, body.request_id, body.label)
         except FeedbackConflict as conflict:
             raise HTTPException(409, str(conflict)) from None
         correct = monitor.feedback(body.request_id, body.label)
@@ -587,8 +599,10 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Readiness)
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Problem}})
     async def readyz() -> Readiness:
+        if audit.failure is not None:
+            raise HTTPException(503, f"audit trail unavailable: {audit.failure}")
         return Readiness(
             status="ready",
             role=config.role,

@@ -257,3 +257,24 @@ def test_a_batch_dependent_edge_model_answers_each_request_in_its_own_call(tiny_
     messages = texts["text"].tolist() * 4
     _, calls, routed = _concurrently(bundle, tmp_path, messages)
     assert calls == routed == len(messages)
+
+
+def test_a_locked_audit_trail_answers_503_and_not_ready_until_it_is_free(tiny_bundle, tmp_path):
+    running, audit = edge_service(tiny_bundle, tmp_path)
+    classify = f"{running.url}/v1/classify"
+    try:
+        assert httpx.post(classify, json={"text": "where is my parcel"}).status_code == 200
+        other = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)  # another process's lock
+        other.execute("BEGIN EXCLUSIVE")
+        locked = httpx.post(classify, json={"text": "where is my parcel"}, timeout=30)
+        assert locked.status_code == 503 and locked.headers["Retry-After"] == "1"
+        assert "audit trail unavailable" in locked.json()["detail"] and "locked" in locked.json()["detail"]
+        assert httpx.get(f"{running.url}/readyz").status_code == 503
+        assert httpx.get(f"{running.url}/healthz").status_code == 200, "alive, only not ready"
+        other.execute("COMMIT")
+        other.close()
+        assert httpx.post(classify, json={"text": "where is my parcel"}).status_code == 200
+        assert httpx.get(f"{running.url}/readyz").status_code == 200
+    finally:
+        running.stop()
+        audit.close()
