@@ -426,7 +426,7 @@ def test_a_model_that_learned_a_shortcut_fails_the_behaviour_stage_and_registers
     report = str(failed.value)
     lines = report.splitlines()
     assert any(line.startswith("- edge.invariance ") and line.endswith("<= 0.3: FAIL") for line in lines)
-    email = next(line for line in lines if line.startswith("| invariance.email |"))
+    email = next(line for line in lines if line.startswith("| `invariance.email` |"))
     edge_rate = float(email.split("|")[2].split()[0])
     assert edge_rate > 0.3, report
     assert "<EMAIL_ADDRESS>" in report and "@example" not in report, "failed cases are shown masked"
