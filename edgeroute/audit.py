@@ -75,6 +75,23 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 """
 )
+# The queries both trails answer, with {p} for the driver's placeholder ("?" or "%s").
+FIRST_FEEDBACK = (
+    "(SELECT true_label FROM feedback f WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) "
+    "AS true_label"
+)
+RECENT = (
+    f"SELECT {', '.join(f'd.{c}' for c in _COLUMNS)}{{extra}}, {FIRST_FEEDBACK} "
+    "FROM decisions d WHERE d.time >= {p}{where} ORDER BY d.time DESC LIMIT {p}"
+)
+TRAINING = (
+    f"SELECT d.time, d.masked_text, d.route, d.edge_label, d.cloud_label, {FIRST_FEEDBACK} "
+    "FROM decisions d WHERE d.time >= {p} ORDER BY d.time, d.request_id"
+)
+NO_TEXT_KEPT = (
+    "this trail was kept with audit.keep_text=none, so it holds a keyed hash of each text and never "
+    "the text: there is nothing to learn from. Serve with audit.keep_text=masked to keep the masked texts"
+)
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action} ON {table}
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
@@ -114,17 +131,54 @@ def audit_key(database: Path) -> bytes:
     return key.encode()
 
 
-class AuditLog:
+class Trail:
+    """What the SQLite and the Postgres trail share: the keyed hash, and the row written for a
+    decision. ``failure`` says why the last use of the trail failed; None once one succeeds."""
+
+    failure: str | None = None
+
+    def __init__(self, key: bytes, keep_text: KeepText) -> None:
+        self._key = key
+        self.keep_text = keep_text
+        self.columns = (*_COLUMNS, *TRAINING_COLUMNS) if keep_text == "masked" else _COLUMNS
+
+    def state(self) -> dict:
+        """How the trail is kept now (`edgeroute.pgtrail.PostgresTrail.state` has a spool)."""
+        kept = "written" if self.failure is None else "unavailable"
+        return {"state": kept, "spooled_rows": 0, "spooled_bytes": 0, "dropped_rows": 0}
+
+    def text_hash(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+    def values(self, rows: Iterable[dict]) -> list[tuple]:
+        """Each decision as the trail stores it (`columns`), from request_id, model_version, route,
+        reason, label, confidence, complexity, cost and the text (hashed here; its length is kept,
+        and with keep_text "masked" its masked form: masked_text where the cloud was sent it, else
+        masked here), and optionally time, the monitored values (latency_ms, unfamiliar_share,
+        edge_confidence, edge_label) and the cloud's answer (cloud_label, and confidence for an
+        escalated row)."""
+        now = time.time()
+        return [
+            (r["request_id"], r.get("time", now), r["model_version"], r["route"], r["reason"], r["label"],
+             r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]),
+             r.get("latency_ms"), len(r["text"]), r.get("unfamiliar_share"), r.get("edge_confidence"),
+             r.get("edge_label"))
+            + ((r.get("masked_text") or mask(r["text"]), r.get("cloud_label"),
+                r["confidence"] if r["route"] == "cloud" else None)
+               if self.keep_text == "masked" else ())
+            for r in rows
+        ]  # fmt: skip
+
+
+class AuditLog(Trail):
     """Append-only SQLite record of decisions and feedback; safe to share between threads."""
 
     def __init__(self, database: Path, keep_text: KeepText = "none") -> None:
         database.parent.mkdir(parents=True, exist_ok=True)
         self.path = database
-        self.keep_text = keep_text
-        self._key = audit_key(database)
+        super().__init__(audit_key(database), keep_text)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(database, timeout=WAIT_S, check_same_thread=False, isolation_level=None)
-        self.failure: str | None = None  # why the last use of the trail failed; None once one succeeds
         self._db.execute("PRAGMA journal_mode=WAL")
         # WAL with NORMAL sync: a crash of the service loses nothing; only a power cut can lose
         # the last commits. FULL would fsync every request.
@@ -137,7 +191,6 @@ class AuditLog:
         for column, kind in added.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
-        self._columns = (*_COLUMNS, *TRAINING_COLUMNS) if keep_text == "masked" else _COLUMNS
         self._append_only()
 
     def _append_only(self) -> None:
@@ -163,27 +216,10 @@ class AuditLog:
         )
         self._db.execute("PRAGMA foreign_keys=ON")
 
-    def text_hash(self, text: str) -> str:
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
-
     def record(self, rows: Iterable[dict]) -> None:
-        """Decisions, each with request_id, model_version, route, reason, label, confidence,
-        complexity, cost and the text (hashed here; its length is kept, and with keep_text
-        "masked" its masked form: masked_text where the cloud was sent it, else masked here), and
-        optionally time, the monitored values (latency_ms, unfamiliar_share, edge_confidence,
-        edge_label) and the cloud's answer (cloud_label, and confidence for an escalated row)."""
-        now = time.time()
-        values = [
-            (r["request_id"], r.get("time", now), r["model_version"], r["route"], r["reason"], r["label"],
-             r["confidence"], r["complexity"], r["cost"], self.text_hash(r["text"]),
-             r.get("latency_ms"), len(r["text"]), r.get("unfamiliar_share"), r.get("edge_confidence"),
-             r.get("edge_label"))
-            + ((r.get("masked_text") or mask(r["text"]), r.get("cloud_label"),
-                r["confidence"] if r["route"] == "cloud" else None)
-               if self.keep_text == "masked" else ())
-            for r in rows
-        ]  # fmt: skip
-        columns = self._columns
+        """Decisions, as `Trail.values` reads them."""
+        values = self.values(rows)
+        columns = self.columns
         insert = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         with self._lock, self._available():
             self._db.executemany(insert, values)
@@ -249,13 +285,8 @@ class AuditLog:
     def recent(self, since: float, limit: int) -> list[dict]:
         """The decisions from ``since`` on, the newest ``limit`` of them, oldest first, each with
         the first feedback label it got (``true_label``, None without)."""
-        query = (
-            f"SELECT {', '.join(f'd.{c}' for c in _COLUMNS)}, (SELECT true_label FROM feedback f "
-            "WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) AS true_label "
-            "FROM decisions d WHERE d.time >= ? ORDER BY d.time DESC LIMIT ?"
-        )
         with self._lock:
-            cursor = self._db.execute(query, (since, limit))
+            cursor = self._db.execute(RECENT.format(p="?", where="", extra=""), (since, limit))
             names = [c[0] for c in cursor.description]
             rows = cursor.fetchall()
         return [dict(zip(names, row, strict=True)) for row in reversed(rows)]
@@ -265,33 +296,40 @@ class AuditLog:
             self._db.close()
 
 
-def training_rows(database: Path, since: float | None = None) -> list[dict]:
-    """What a trail kept with keep_text="masked" holds for retraining, oldest first: each
-    decision from ``since`` on with its time, masked_text (None in rows written before the trail
-    kept text), route, edge_label, cloud_label and the first feedback label (true_label). A
-    trail that keeps no text is refused, saying so."""
+@contextlib.contextmanager
+def _reading(database: Path) -> Iterator[sqlite3.Connection]:
+    """The SQLite trail at ``database``, read-only; `AuditError` naming what is wrong with it."""
     if not database.is_file():
         raise AuditError(f"{database}: no audit trail there")
     db = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
-        if not columns:
+        if not db.execute("PRAGMA table_info(decisions)").fetchall():
             raise AuditError(f"{database}: not an audit trail (no decisions table)")
-        if not set(TRAINING_COLUMNS) <= columns:
-            raise AuditError(
-                f"{database}: this trail was kept with audit.keep_text=none, so it holds a keyed hash "
-                "of each text and never the text: there is nothing to learn from. Serve with "
-                "audit.keep_text=masked to keep the masked texts"
-            )
-        cursor = db.execute(
-            "SELECT d.time, d.masked_text, d.route, d.edge_label, d.cloud_label, (SELECT true_label "
-            "FROM feedback f WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) AS true_label "
-            "FROM decisions d WHERE d.time >= ? ORDER BY d.time, d.request_id",
-            (since if since is not None else float("-inf"),),
-        )
-        names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        yield db
     except sqlite3.DatabaseError as exc:
         raise AuditError(f"{database}: not readable as an audit trail ({exc})") from None
     finally:
         db.close()
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict]:
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def training_rows(database: Path, since: float | None = None) -> list[dict]:
+    """What a SQLite trail kept with keep_text="masked" holds for retraining
+    (`edgeroute.trails.training_rows`)."""
+    with _reading(database) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(decisions)")}
+        if not set(TRAINING_COLUMNS) <= columns:
+            raise AuditError(f"{database}: {NO_TEXT_KEPT}")
+        return _rows(db.execute(TRAINING.format(p="?"), (since if since is not None else float("-inf"),)))
+
+
+def window(database: Path, since: float, limit: int) -> list[dict]:
+    """The decisions of a SQLite trail from ``since`` on (`edgeroute.trails.window`), its one
+    service named by the trail's path."""
+    with _reading(database) as db:
+        rows = _rows(db.execute(RECENT.format(p="?", where="", extra=""), (since, limit)))
+    return [row | {"instance": str(database)} for row in reversed(rows)]

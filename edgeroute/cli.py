@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from edgeroute.config import ConfigError, ServeConfig, load_serve_config
+from edgeroute.config import ConfigError, ServeConfig, is_postgres, load_serve_config
 from edgeroute.plugins import PluginError, plugins
 from edgeroute.router import CLOUD_ERROR, chunks
 
@@ -371,7 +372,10 @@ def serve(
     cloud_model: CloudModelOption = None,
     min_confidence: MinConfidenceOption = None,
     no_cache: NoCacheOption = False,
-    audit: Annotated[Path | None, typer.Option(help="The audit trail, SQLite (audit.path).")] = None,
+    audit: Annotated[
+        str | None,
+        typer.Option(help="The audit trail: a SQLite file (audit.path) or a postgresql:// URL (audit.url)."),
+    ] = None,
 ) -> None:
     """Serve the router over HTTP; settings from --config, then --set, then the options here.
 
@@ -380,10 +384,11 @@ def serve(
     edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
     """
     import os
+    import socket
 
     import uvicorn
 
-    from edgeroute.audit import AuditError, AuditLog
+    from edgeroute.audit import AuditError
     from edgeroute.bundle import BundleError
     from edgeroute.cloud import CircuitBreaker
     from edgeroute.deadline import protocol
@@ -391,9 +396,12 @@ def serve(
     from edgeroute.privacy import PrivacyError
     from edgeroute.releases import Follower, Releases, open_release
     from edgeroute.server import create_app
+    from edgeroute.trails import open_trail
 
-    shortcuts = {"role": role, "host": host, "port": port, "audit.path": audit, "refresh_s": refresh_s,
+    shortcuts = {"role": role, "host": host, "port": port, "refresh_s": refresh_s,
                  "canary_share": canary_share, "monitor.window_s": window}  # fmt: skip
+    if audit is not None:
+        shortcuts["audit.url" if is_postgres(audit) else "audit.path"] = audit
     shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
     serving = serve_config(config, overrides, shortcuts, no_cache=no_cache)
     sources = {"champion": model, "canary": canary}
@@ -408,7 +416,7 @@ def serve(
 
     try:  # each file's checksum when it is first read: only what this service loads
         loaded = {slot: build(*where, lazy=True) for slot, where in located.items() if where is not None}
-        audit_log = AuditLog(serving.audit.path, keep_text=serving.audit.keep_text)
+        audit_log = open_trail(serving.audit, f"{socket.gethostname()}:{serving.port}")
     except (BundleError, AuditError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
     releases = Releases(loaded["champion"], loaded.get("canary"), serving.canary_share if canary else 0.0)
@@ -443,12 +451,17 @@ def serve(
     trail = serving.audit
     kept = "masked texts kept" if trail.keep_text == "masked" else "no text kept"
     kept += f", for {trail.retention_days:g} days" if trail.retention_days is not None else ""
-    typer.echo(f"audit trail {trail.path}: {kept}")
+    if trail.url is not None:
+        kept += f", rows named {audit_log.instance}, spooled to {trail.spool} while it is away"
+    typer.echo(f"audit trail {trail.location}: {kept}")
     limits = serving.limits
-    uvicorn.run(
-        app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
-        http=protocol(limits.read_timeout_s), limit_concurrency=limits.max_connections,
-    )  # fmt: skip
+    try:
+        uvicorn.run(
+            app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
+            http=protocol(limits.read_timeout_s), limit_concurrency=limits.max_connections,
+        )  # fmt: skip
+    finally:
+        audit_log.close()
 
 
 def _canary_bundle(canary: str) -> tuple[Path, str | None]:
@@ -464,3 +477,62 @@ def _lookup(uri: str):
     if plugin.lookup_model is None:
         raise fail(f"{uri}: the installed plugin cannot follow an alias", 2)
     return plugin.lookup_model
+
+
+audit_app = typer.Typer(
+    help="The audit trail: move a box's SQLite trail to a fleet's Postgres; a fleet's health.",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command()
+def migrate(
+    database: Annotated[Path, typer.Argument(help="The SQLite trail of one box.")],
+    url: Annotated[str, typer.Argument(help="The fleet's Postgres trail: postgresql://…")],
+    instance: Annotated[
+        str | None, typer.Option(help="The name its rows get there (default: this host's name).")
+    ] = None,
+) -> None:
+    """Copy every decision and feedback of a SQLite trail into a Postgres trail, in one
+    transaction; rows already there are not copied again."""
+    import socket
+
+    from edgeroute.audit import AuditError
+    from edgeroute.config import redact_password
+    from edgeroute.pgtrail import migrate as copy
+
+    if not is_postgres(url):
+        raise fail(f"{url!r} is not a postgresql:// URL", 2)
+    try:
+        counts = copy(database, url, instance or socket.gethostname())
+    except AuditError as exc:
+        raise fail(str(exc), 1) from None
+    typer.echo(
+        f"{database} -> {redact_password(url)}: {counts['decisions_copied']} of {counts['decisions']} "
+        f"decisions and {counts['feedback_copied']} of {counts['feedback']} feedback labels copied "
+        "(the rest were there already)"
+    )
+
+
+@audit_app.command()
+def health(
+    trail: Annotated[str, typer.Argument(help="A postgresql:// trail a fleet writes, or a SQLite file.")],
+    config: ServeConfigOption = None,
+    overrides: Overrides = None,
+    champion: Annotated[
+        str | None, typer.Option(help="The champion's version, e.g. edgeroute/3 (default: the busiest).")
+    ] = None,
+) -> None:
+    """The health report of every service writing TRAIL, over the monitor's window of the serve
+    config (thresholds too): all instances, each model version, and each instance, as JSON."""
+    from edgeroute.audit import AuditError
+    from edgeroute.monitor import fleet_report
+    from edgeroute.trails import window
+
+    thresholds = serve_config(config, overrides, {}).monitor
+    try:
+        rows = window(trail, time.time() - thresholds.window_s, thresholds.max_events)
+    except AuditError as exc:
+        raise fail(str(exc), 1) from None
+    typer.echo(json.dumps(fleet_report(rows, thresholds, champion=champion), indent=2))

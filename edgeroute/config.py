@@ -262,6 +262,14 @@ class Thresholds(Frozen):
 KeepText = Literal["none", "masked"]
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(location: str | Path) -> bool:
+    """Whether a trail's location is a Postgres URL rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
 class AuditConfig(Frozen):
     """The audit trail (`edgeroute.audit`): where, what it keeps of a text, and for how long.
 
@@ -269,17 +277,71 @@ class AuditConfig(Frozen):
     ``masked`` also keeps the text as the cloud sees it (personal data masked, never the raw
     text), with the cloud's label and confidence: what retraining from production
     (``data.production``) learns from. ``retention_days``: rows older than that are purged at
-    start and every hour (None: kept for ever). A bare path in YAML, or ``--audit``, is ``path``.
+    start and every hour (None: kept for ever). A bare value in YAML, or ``--audit``, is ``url``
+    when it is a ``postgresql://`` URL and ``path`` otherwise.
+
+    One box keeps its trail in SQLite (``path``); a fleet shares one Postgres trail (``url``),
+    each row naming the ``instance`` that wrote it. While Postgres is away, rows wait in a local
+    ``spool`` of at most ``spool_max_mb`` and are written in order once it is back.
     """
 
-    path: Path = Field(Path("work/audit/audit.db"), description="the audit trail (SQLite)")
-    keep_text: KeepText = "none"
-    retention_days: float | None = Field(None, gt=0)
+    path: Path = Field(Path("work/audit/audit.db"), description="the audit trail of one box (SQLite)")
+    url: str | None = Field(
+        None,
+        description="a Postgres trail shared by a fleet (postgresql://user@host:port/db), instead of path",
+    )
+    keep_text: KeepText = Field(
+        "none", description="none: a keyed hash of each text; masked: also its masked form"
+    )
+    retention_days: float | None = Field(
+        None, gt=0, description="rows older than this are purged (None: never)"
+    )
+    instance: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="the name each row of a Postgres trail carries (None: host name and port)",
+    )  # fmt: skip
+    spool: Path = Field(
+        Path("work/audit/spool.jsonl"),
+        description="where the rows of a Postgres trail wait while the database is away (masked, never raw)",
+    )
+    spool_max_mb: float = Field(64.0, gt=0, description="the spool's bound, in MiB")
+    on_full: Literal["refuse", "drop_oldest"] = Field(
+        "refuse",
+        description="past the spool's bound: refuse requests (503), or drop the oldest spooled rows",
+    )
+    start_offline: bool = Field(
+        False, description="start with an unreachable Postgres trail, spooling (else: exit 2 at start)"
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="connections to the Postgres trail")
 
     @model_validator(mode="before")
     @classmethod
-    def _a_bare_path(cls, value: Any) -> Any:
-        return {"path": value} if isinstance(value, str | Path) else value
+    def _a_bare_location(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            return {"url": value} if is_postgres(value) else {"path": value}
+        return value
+
+    @model_validator(mode="after")
+    def _a_postgres_url(self) -> AuditConfig:
+        if self.url is not None and not is_postgres(self.url):
+            raise ValueError(f"url: {self.url!r} is not a postgresql:// URL (a SQLite trail is a path)")
+        return self
+
+    @property
+    def location(self) -> str:
+        """Where the trail is, as said to a user: the URL without its password, or the path."""
+        if self.url is None:
+            return str(self.path)
+        return redact_password(self.url)
+
+
+def redact_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and messages."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 class ServeConfig(Frozen):

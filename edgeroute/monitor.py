@@ -289,3 +289,43 @@ def recommendations(metrics: dict[str, Any], alerts: list[str]) -> list[str]:
     if metrics["labelled"] == 0:
         advice.append("No feedback in the window: send true labels to /v1/feedback to measure accuracy.")
     return advice or ["All metrics within thresholds: nothing to do."]
+
+
+def fleet_report(
+    rows: Iterable[dict[str, Any]],
+    thresholds: Thresholds | None = None,
+    costs: Costs | None = None,
+    champion: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """The health report of every service that writes one audit trail (``rows``: its window, as
+    `edgeroute.trails.window` reads it): `Monitor.report` over the union of their decisions, one
+    model version at a time, plus ``instances``, each service's own window metrics.
+
+    ``champion`` is the version served as champion (None: the one that answered most); the
+    version that answered most after it is taken for the canary. Drift needs the champion's
+    profile, which a trail does not hold: it is each service's own report that judges it.
+    """
+    monitor = Monitor(thresholds, costs, clock)
+    observed = [(row["instance"], Observation.from_audit(row)) for row in rows]
+    monitor.restore(observation for _, observation in observed)
+    report = monitor.report()
+    start = clock() - monitor.thresholds.window_s
+    by_instance: dict[str, list[Observation]] = {}
+    for instance, observation in observed:
+        if observation.time >= start:
+            by_instance.setdefault(instance, []).append(observation)
+    answered = sorted(report["versions"], key=lambda v: -report["versions"][v]["requests"])
+    champion = champion or (answered[0] if answered else "")
+    others = [v for v in answered if v != champion]
+    requests = report["metrics"]["requests"]
+    canary = (
+        {"model_version": others[0], "share": report["versions"][others[0]]["requests"] / requests}
+        if others
+        else None
+    )
+    return report | {
+        "model_version": champion,
+        "canary": canary,
+        "instances": {name: _metrics(events) for name, events in sorted(by_instance.items())},
+    }

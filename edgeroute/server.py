@@ -47,7 +47,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgeroute.audit import AuditLog, AuditUnavailable, FeedbackConflict
+from edgeroute.audit import AuditUnavailable, FeedbackConflict, Trail
 from edgeroute.batching import MicroBatcher
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
 from edgeroute.config import ServeConfig
@@ -202,12 +202,23 @@ class HealthReport(BaseModel):
     canary: Canary | None
 
 
+class AuditState(BaseModel):
+    state: str = Field(
+        description="written; spooling (a Postgres trail away, rows waiting in the local spool); "
+        "full (the spool at its bound, refusing requests); unavailable (a SQLite trail locked or full)"
+    )
+    spooled_rows: int
+    spooled_bytes: int
+    dropped_rows: int = Field(description="spooled rows dropped past the bound (audit.on_full=drop_oldest)")
+
+
 class Readiness(BaseModel):
     status: str
     role: str
     model_version: str = Field(description="the champion's version")
     canary: Canary | None
     cloud: str | None = Field(description="the cloud circuit's state; None without a cloud tier")
+    audit: AuditState
 
 
 class Problem(BaseModel):
@@ -233,7 +244,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         409: "the request already has another feedback label",
         413: "a text, the batch or the body is too large",
         422: "a field is missing, of the wrong type or out of range",
-        503: "the audit trail cannot be used now (locked by another process, or a full disk); retry",
+        503: "the audit trail cannot be used now (locked, a full disk, or its spool full); retry",
         504: "no answer within limits.timeout_s",
     }
     return {
@@ -320,6 +331,16 @@ class Metrics:
             ["model_version", "correct"],
             registry=self.registry,
         )
+        self.spooled = Gauge(
+            "edgeroute_audit_spooled_rows",
+            "Rows waiting in the local spool for the Postgres audit trail to come back.",
+            registry=self.registry,
+        )
+        self.dropped = Gauge(
+            "edgeroute_audit_dropped_rows",
+            "Spooled rows dropped past the spool's bound since start (audit.on_full=drop_oldest).",
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "edgeroute_model_info",
             "1 for each model version the service answers with, by slot (champion, canary).",
@@ -356,7 +377,7 @@ def breaker_of(router: Router) -> CircuitBreaker | None:
     return router.cloud.breaker if isinstance(router.cloud, GuardedCloud) else None
 
 
-def restore_window(monitor: Monitor, audit: AuditLog) -> int:
+def restore_window(monitor: Monitor, audit: Trail) -> int:
     """The monitor's window refilled from the audit trail (at most its ``max_events``)."""
     thresholds = monitor.thresholds
     rows = audit.recent(monitor.clock() - thresholds.window_s, thresholds.max_events)
@@ -365,7 +386,7 @@ def restore_window(monitor: Monitor, audit: AuditLog) -> int:
 
 def create_app(
     releases: Releases,
-    audit: AuditLog,
+    audit: Trail,
     monitor: Monitor,
     config: ServeConfig,
     *,
@@ -428,7 +449,11 @@ def create_app(
         """Every hour, from start: the rows past ``audit.retention_days`` removed."""
         while True:
             cutoff = time.time() - config.audit.retention_days * 86400
-            removed = await run_in_threadpool(audit.purge, cutoff)
+            try:
+                removed = await run_in_threadpool(audit.purge, cutoff)
+            except AuditUnavailable as exc:
+                logger.warning("audit trail: no purge now, tried again in an hour (%s)", exc)
+                removed = 0
             if removed:
                 logger.info("audit trail: %d decisions past audit.retention_days purged", removed)
             await asyncio.sleep(PURGE_EVERY_S)
@@ -591,6 +616,9 @@ def create_app(
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def prometheus() -> Response:
         metrics.show(monitor.report())
+        kept = audit.state()
+        metrics.spooled.set(kept["spooled_rows"])
+        metrics.dropped.set(kept["dropped_rows"])
         if breaker is not None:
             metrics.breaker.state(breaker.state)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -609,6 +637,7 @@ def create_app(
             model_version=releases.champion.version,
             canary=canary(),
             cloud=None if breaker is None else breaker.state,
+            audit=AuditState(**audit.state()),
         )
 
     return app

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -31,6 +34,61 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield PREFECT_API_URL.value()
+
+
+class PostgresServer:
+    """A real Postgres server on 127.0.0.1 (deployments/postgres.sh), stoppable and restartable."""
+
+    def __init__(self) -> None:
+        from tests.services import free_port
+
+        # Under a folder the ``postgres`` user can reach: when the tests run as root, the server
+        # runs as that user (Postgres refuses to run as root), and pytest's tmp_path is root's alone.
+        self.home = Path(tempfile.mkdtemp(prefix="edgeroute-postgres-"))
+        self.home.chmod(0o755)
+        self.directory, self.port = self.home / "cluster", free_port()
+        self.url = f"postgresql://edgeroute@127.0.0.1:{self.port}/postgres"
+
+    def _script(self, *args: str) -> None:
+        subprocess.run(
+            [str(ROOT / "deployments" / "postgres.sh"), *args], check=True, capture_output=True, text=True,
+            env=os.environ | {"PG_OPTIONS": "-c fsync=off"},  # a throwaway cluster: no need to sync
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self._script("start", str(self.directory), str(self.port))
+
+    def stop(self) -> None:
+        self._script("stop", str(self.directory))
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def database(self, name: str) -> str:
+        """The URL of a new, empty database ``name`` on this server."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The session's one Postgres server."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request, monkeypatch) -> str:
+    """A fresh database on the session's Postgres server for one test, and the fleet's audit key."""
+    monkeypatch.setenv("EDGEROUTE_AUDIT_KEY", "a fleet's key for the tests")
+    name = "t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16]
+    return postgres_server.database(name)
 
 
 @pytest.fixture

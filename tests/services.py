@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from edgeroute.audit import AuditLog
 from edgeroute.cloud import CircuitBreaker, LocalCloud
 from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
 from edgeroute.releases import Releases, open_release
 from edgeroute.server import create_app
+from edgeroute.trails import open_trail
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -97,9 +97,10 @@ def edge_service(
 ):
     """An edge service on ``bundle_path``; ``settings`` are ``--set`` overrides of the serve config."""
     url = [f"cloud.url={json.dumps(cloud_url)}"] if cloud_url else []
-    config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *url, *settings])
+    kept = [f"audit.path={tmp_path / 'audit.db'}", f"audit.spool={tmp_path / 'spool.jsonl'}"]
+    config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *kept, *url, *settings])
     release = open_release(bundle_path, "test/1", config, breaker or CircuitBreaker(), lazy=False)
-    audit = AuditLog(tmp_path / "audit.db", keep_text=config.audit.keep_text)
+    audit = open_trail(config.audit, "test")
     monitor = Monitor(config.monitor, release.router.settings.costs)
     app = create_app(Releases(release), audit, monitor, config, api_key=api_key)
     return Service(app), audit
