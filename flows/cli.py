@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from edgeroute.bundle import BundleError
 from edgeroute.cli import Overrides, fail
-from edgeroute.config import ConfigError, to_yaml
+from edgeroute.config import ConfigError, redact_password, to_yaml
 from edgeroute.plugins import Plugin, PluginError
 from flows.training import training_pipeline
 from tasks import registry
@@ -85,7 +85,8 @@ def promote(
             "--from-canary",
             metavar="URL",
             help="Instead of VERSION: the canary of the edge service at URL, when its live accuracy "
-            "from feedback (GET URL/v1/health) holds up against the champion's.",
+            "from feedback (GET URL/v1/health) holds up against the champion's; or of a whole fleet, "
+            "when URL is the audit trail its services write (postgresql://…, or a SQLite file).",
         ),
     ] = None,
     min_feedback: Annotated[
@@ -115,23 +116,27 @@ def canary_to_promote(url: str, name: str, min_feedback: int, tolerance: float) 
     """The version of the canary at ``url`` and why it is promoted; exit 1 when it is not."""
     from tasks.monitoring import read_health
 
+    shown = redact_password(url)  # the reason is kept in the registry: never a password
+    # A fleet's trail knows which versions answered, not which is the champion: the registry does.
+    fleet = not url.startswith(("http://", "https://"))
+    champion = registry.resolve_version(f"models:/{name}@champion") if fleet else None
     try:
-        report = read_health.fn(url)  # the task's body: one attempt, no Prefect run for a command
+        report = read_health.fn(url, champion=champion)  # the task's body: one attempt, no Prefect run
     except urllib.error.HTTPError as exc:
         hint = " (is EDGEROUTE_API_KEY set to the service's key?)" if exc.code in (401, 403) else ""
-        raise fail(f"cannot read the health report of {url}: {exc}{hint}", 1) from None
+        raise fail(f"cannot read the health report of {shown}: {exc}{hint}", 1) from None
     except (OSError, ValueError) as exc:
-        raise fail(f"cannot read the health report of {url}: {exc}", 1) from None
+        raise fail(f"cannot read the health report of {shown}: {exc}", 1) from None
     canary = str((report.get("canary") or {}).get("model_version") or "")
     canary_name, _, version = canary.rpartition("/")
     if canary and canary_name != name:
-        raise fail(f"the canary of {url} is {canary}, not a version of {name!r}", 1)
+        raise fail(f"the canary of {shown} is {canary}, not a version of {name!r}", 1)
     if canary and not registry.version_exists(name, version):
-        raise fail(f"registered model {name!r} has no version {version} (the canary of {url})", 1)
+        raise fail(f"registered model {name!r} has no version {version} (the canary of {shown})", 1)
     promoted, verdict = registry.canary_verdict(report, min_feedback, tolerance)
     if not promoted:
         raise fail(f"{name}: canary not promoted: {verdict}", 1)
-    return version, f"canary of {url}: {verdict}"
+    return version, f"canary of {shown}: {verdict}"
 
 
 @app.command()

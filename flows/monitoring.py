@@ -1,4 +1,5 @@
-"""Watch a running router: publish its health and emit whether it is degraded, as a Prefect event.
+"""Watch a running router, or a fleet through its audit trail: publish its health and emit whether
+it is degraded, as a Prefect event.
 
 Retraining is not started here: the deployment trigger of
 training-pipeline/retrain-from-production (prefect.yaml) runs it when the server has seen enough
@@ -12,8 +13,8 @@ from typing import Any
 
 from prefect import flow
 
-from edgeroute.config import load_serve_config
-from tasks.monitoring import RetrainPolicy, emit_health_event, publish_health, read_health
+from edgeroute.config import load_serve_config, redact_password
+from tasks.monitoring import DEFAULT_GROUP, RetrainPolicy, emit_health_event, publish_health, read_health
 
 
 @flow(name="monitor")
@@ -22,18 +23,25 @@ def monitor_router(
     serve_config: str | None = None,
     overrides: list[str] | None = None,
     experiment: str = "edgeroute-monitoring",
+    service_group: str = DEFAULT_GROUP,
 ) -> dict[str, Any]:
     """One health check of ``service_url``: published, and emitted as ``edgeroute.router.degraded``
-    or ``edgeroute.router.healthy``.
+    or ``edgeroute.router.healthy`` about the service, labelled with ``service_group`` (the
+    retraining trigger counts each group apart).
+
+    ``service_url`` is a service (``http://…``: its own report) or the audit trail a fleet writes
+    (``postgresql://…``, or one box's SQLite file): the report of all its services, one model
+    version at a time, and of each service (``instances``), over the monitor's window.
 
     The accuracy and edge-share floors are the service's own (``monitor`` of the serve config
     ``serve_config`` with ``overrides``, as `edgeroute serve --config --set` takes them); input
     drift is judged against the threshold its report carries.
     """
     thresholds = load_serve_config(Path(serve_config) if serve_config else None, overrides).monitor
-    report = read_health(service_url)
-    publish_health(report, service_url, experiment)
-    event = emit_health_event(report, service_url, RetrainPolicy.from_thresholds(thresholds))
+    report = read_health(service_url, thresholds=thresholds)
+    source = redact_password(service_url)
+    publish_health(report, source, experiment)
+    event = emit_health_event(report, source, RetrainPolicy.from_thresholds(thresholds), service_group)
     return {
         "score": report["score"],
         "status": report["status"],

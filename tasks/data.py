@@ -13,7 +13,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from edgeroute import audit, tables
+from edgeroute import audit, tables, trails
 from edgeroute.cloud import remote_cloud
 from edgeroute.files import atomic_directory
 from edgeroute.privacy import mask
@@ -199,7 +199,7 @@ def production_rows(config: ProductionConfig, labels: list[str]) -> tuple[pd.Dat
     ``labels``."""
     since = config.since.timestamp() if config.since is not None else None
     try:
-        rows = audit.training_rows(config.trail, since)
+        rows = trails.training_rows(config.trail, since)
     except audit.AuditError as exc:
         raise DataValidationError(f"data.production.trail: {exc}") from None
     counts = {"decisions": len(rows), "no_text": 0, "edge_only": 0, "unknown_label": 0}
@@ -250,7 +250,7 @@ def merge_production(
     if len(learnt) < config.min_rows:
         details = ", ".join(f"{k} {v}" for k, v in counts.items())
         raise DataValidationError(
-            f"data.production.trail {config.trail}: {len(learnt)} rows to learn from, fewer than "
+            f"data.production.trail {config.shown}: {len(learnt)} rows to learn from, fewer than "
             f"data.production.min_rows={config.min_rows} ({details})"
         )
     rng = np.random.default_rng(seed)
@@ -303,7 +303,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[PreparedData, dict[str, pd.
     production: dict = {}
     if data.production is not None:
         splits, production = merge_production(splits, data.production, data.splits.as_dict(), config.seed)
-        source += f" + production({data.production.trail})"
+        source += f" + production({data.production.shown})"
     digest = digest_splits(splits)
     prepared = PreparedData(
         directory=(config.work_dir / "data" / digest[:16]).resolve(),

@@ -1,6 +1,9 @@
-"""Monitoring: read a service's health report, publish it, and say whether it is degraded.
+"""Monitoring: read a service's or a fleet's health report, publish it, and say whether it is degraded.
 
-Every check emits a Prefect event about the service (resource ``edgeroute.service.<url>``):
+The report is a service's own (``GET /v1/health`` of its URL) or a fleet's, computed from the
+audit trail its services write (a ``postgresql://`` URL, or one box's SQLite file). Every check
+emits a Prefect event about the service (resource ``edgeroute.service.<url>``, labelled with its
+``edgeroute.service-group``, by which the trigger counts):
 `DEGRADED` when the report breaches a retraining condition (`breaches`: accuracy from feedback
 or the edge share below its floor, or input drift past its threshold), `HEALTHY` otherwise,
 with the figures as payload. Whether and when to retrain is not decided here: the deployment
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +24,19 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
+from edgeroute import trails
 from edgeroute.cloud import SAME_ORIGIN
-from edgeroute.config import Thresholds
-from edgeroute.monitor import drift_alerts
+from edgeroute.config import Thresholds, redact_password
+from edgeroute.monitor import drift_alerts, fleet_report
 from tasks.support import markdown, tracking
 from tasks.support.markdown import code
 
 DEGRADED = "edgeroute.router.degraded"
 HEALTHY = "edgeroute.router.healthy"
 RESOURCE_PREFIX = "edgeroute.service."
+# The resource label the retraining trigger counts by (prefect.yaml: for_each): one count per group.
+GROUP_LABEL = "edgeroute.service-group"
+DEFAULT_GROUP = "default"
 
 
 @dataclass(frozen=True)
@@ -55,13 +63,20 @@ def breaches(report: dict[str, Any], policy: RetrainPolicy) -> list[str]:
     return found + drift_alerts(report.get("drift"))
 
 
-def service_resource(url: str) -> dict[str, str]:
-    """The event resource of the service at ``url``: ``edgeroute.service.<url>``, named by its URL."""
-    url = url.rstrip("/")
-    return {"prefect.resource.id": f"{RESOURCE_PREFIX}{url}", "prefect.resource.name": url}
+def service_resource(url: str, group: str = DEFAULT_GROUP) -> dict[str, str]:
+    """The event resource of the service (or trail) at ``url``: ``edgeroute.service.<url>``,
+    named by its URL (a password left out), in the service group ``group``."""
+    url = redact_password(url.rstrip("/"))
+    return {
+        "prefect.resource.id": f"{RESOURCE_PREFIX}{url}",
+        "prefect.resource.name": url,
+        GROUP_LABEL: group,
+    }
 
 
-def degradation_event(report: dict[str, Any], url: str, policy: RetrainPolicy) -> dict[str, Any]:
+def degradation_event(
+    report: dict[str, Any], url: str, policy: RetrainPolicy, group: str = DEFAULT_GROUP
+) -> dict[str, Any]:
     """The event of one check (`emit_event`'s ``event``, ``resource`` and ``payload``): `DEGRADED`
     when the report breaches, `HEALTHY` otherwise, with the figures the decision was made on."""
     metrics, drift = report["metrics"], report.get("drift") or {}
@@ -84,7 +99,11 @@ def degradation_event(report: dict[str, Any], url: str, policy: RetrainPolicy) -
         "versions": sorted(report.get("versions") or {}),
         "canary": report.get("canary"),
     }
-    return {"event": DEGRADED if found else HEALTHY, "resource": service_resource(url), "payload": payload}
+    return {
+        "event": DEGRADED if found else HEALTHY,
+        "resource": service_resource(url, group),
+        "payload": payload,
+    }
 
 
 def _show(value: float | None, pattern: str) -> str:
@@ -163,9 +182,20 @@ def health_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 @task(name="read-health", retries=2, retry_delay_seconds=5)
-def read_health(url: str, api_key_env: str = "EDGEROUTE_API_KEY") -> dict[str, Any]:
-    """Prefect task: GET /v1/health of an edgeroute service; a redirect to another origin is
-    refused, so the API key never leaves the service's."""
+def read_health(
+    url: str,
+    api_key_env: str = "EDGEROUTE_API_KEY",
+    thresholds: Thresholds | None = None,
+    champion: str | None = None,
+) -> dict[str, Any]:
+    """Prefect task: the health report of an edgeroute service (GET /v1/health of an http(s)
+    URL; a redirect to another origin is refused, so the API key never leaves the service's), or
+    of every service writing an audit trail (`edgeroute.monitor.fleet_report` over ``thresholds``'
+    window, ``champion`` the version served as champion)."""
+    if not url.startswith(("http://", "https://")):
+        thresholds = thresholds or Thresholds()
+        rows = trails.window(url, time.time() - thresholds.window_s, thresholds.max_events)
+        return fleet_report(rows, thresholds, champion=champion)
     headers = {"X-API-Key": os.environ[api_key_env]} if os.environ.get(api_key_env) else {}
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/health", headers=headers)
     with SAME_ORIGIN.open(request, timeout=10) as response:
@@ -191,10 +221,12 @@ def publish_health(report: dict[str, Any], url: str, experiment: str) -> None:
 
 
 @task(name="emit-health-event")
-def emit_health_event(report: dict[str, Any], url: str, policy: RetrainPolicy) -> dict[str, Any]:
+def emit_health_event(
+    report: dict[str, Any], url: str, policy: RetrainPolicy, group: str = DEFAULT_GROUP
+) -> dict[str, Any]:
     """Prefect task: emit the check's event (`degradation_event`); its name, id and breaches
     (the id is None where events go nowhere, e.g. with no Prefect API)."""
-    event = degradation_event(report, url, policy)
+    event = degradation_event(report, url, policy, group)
     emitted = emit_event(**event)
     breached = event["payload"]["breaches"]
     if breached:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edgeroute.bundle import MAX_LENGTH
-from edgeroute.config import CloudConfig, ConfigError, Frozen, load, validate
+from edgeroute.config import CloudConfig, ConfigError, Frozen, is_postgres, load, redact_password, validate
 from edgeroute.router import Costs, RouterSettings
 
 PRESETS_ENV = "EDGEROUTE_PRESETS_DIR"
@@ -51,11 +51,24 @@ class ProductionConfig(Frozen):
     production holdout, never trained on. Fewer than ``min_rows`` rows to train on is an error.
     """
 
-    trail: Path = Field(description="the audit trail (SQLite) of the service whose traffic is learnt from")
+    trail: Path | str = Field(
+        description="the audit trail of the services whose traffic is learnt from: one box's SQLite "
+        "file, or the postgresql:// URL a fleet writes"
+    )
     since: datetime | None = None
     min_rows: int = Field(50, ge=1)
     labels: tuple[Literal["feedback", "cloud"], ...] = Field(("feedback", "cloud"), min_length=1)
     holdout_share: float = Field(0.2, ge=0, lt=1)
+
+    @field_validator("trail", mode="before")
+    @classmethod
+    def _a_file_or_a_url(cls, trail: Any) -> Any:
+        return trail if is_postgres(trail) else Path(trail)
+
+    @property
+    def shown(self) -> str:
+        """The trail as written in reports: a URL without its password."""
+        return redact_password(str(self.trail))
 
     @field_validator("labels")
     @classmethod

@@ -23,7 +23,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled
 
-from tasks.monitoring import DEGRADED
+from tasks.monitoring import DEGRADED, GROUP_LABEL
 from tests.conftest import ROOT
 from tests.services import Process, degrade, edge_service, free_port, wait_until_healthy
 
@@ -161,6 +161,7 @@ def test_a_degraded_service_runs_training_once_through_the_deployment_trigger(st
     assert automation.enabled and trigger.expect == {DEGRADED} and trigger.posture == "Reactive"
     assert (trigger.threshold, trigger.within) == (2, timedelta(days=1))
     assert trigger.match.root == {"prefect.resource.id": "edgeroute.service.*"}
+    assert trigger.for_each == {GROUP_LABEL}, "one count per service group"
     assert [(a.type, a.deployment_id) for a in automation.actions] == [("run-deployment", training.id)]
 
     def triggered(client) -> list:

@@ -23,7 +23,11 @@ from tests.services import degrade, edge_service
 
 POLICY = RetrainPolicy(min_accuracy=0.85, min_edge_share=0.8)
 URL = "http://127.0.0.1:8000"
-SERVICE = {"prefect.resource.id": f"edgeroute.service.{URL}", "prefect.resource.name": URL}
+SERVICE = {
+    "prefect.resource.id": f"edgeroute.service.{URL}",
+    "prefect.resource.name": URL,
+    "edgeroute.service-group": "default",
+}
 
 
 def report(accuracy=0.95, edge_share=0.9, **extra) -> dict:
@@ -84,6 +88,15 @@ def test_the_event_of_a_check_names_the_service_and_carries_the_figures():
     metrics = health_metrics(degraded)
     assert metrics["version.edgeroute_3.accuracy"] == 0.4 and metrics["drift.max_psi"] == 0.61
     assert metrics["drift.psi.label"] == 0.01
+
+
+def test_the_event_of_a_fleet_names_its_trail_without_the_password_and_its_service_group():
+    event = degradation_event(report(accuracy=0.4), "postgresql://ops:s3cret@db:5432/audit", POLICY, "eu")
+    assert event["resource"] == {
+        "prefect.resource.id": "edgeroute.service.postgresql://ops:***@db:5432/audit",
+        "prefect.resource.name": "postgresql://ops:***@db:5432/audit",
+        "edgeroute.service-group": "eu",
+    }
 
 
 def degraded_events(resource_id: str, expected: int, timeout_s: float = 30) -> list:
