@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -343,3 +344,28 @@ def test_a_canary_is_not_promoted_without_enough_feedback():
         False,
         "the service serves no canary (champion edgeroute/3)",
     )
+
+
+def test_a_fleets_canary_is_judged_on_the_feedback_every_replica_recorded(tmp_path):
+    from edgeroute.audit import AuditLog
+    from edgeroute.monitor import fleet_report
+    from edgeroute.trails import window
+
+    trail = AuditLog(tmp_path / "audit.db")
+    now = time.time()
+    rows = [
+        {"request_id": f"r{i}", "time": now - 60 + i / 10, "model_version": f"edgeroute/{1 + (i % 4 == 0)}",
+         "route": "edge", "reason": "confident", "label": "neutral", "confidence": 0.9, "complexity": 0.1,
+         "cost": 0.001, "text": f"where is my parcel {i}"}
+        for i in range(400)
+    ]  # fmt: skip
+    trail.record(rows)
+    for row in rows:  # the canary (every 4th request) always right; the champion wrong 40 times in 300
+        wrong = int(row["request_id"][1:]) % 10 == 1
+        trail.feedback(row["request_id"], "negative" if wrong else "neutral")
+    trail.close()
+    report = fleet_report(window(tmp_path / "audit.db", now - 3600, 10_000), champion="edgeroute/1")
+    assert report["canary"] == {"model_version": "edgeroute/2", "share": 0.25}
+    promoted, verdict = registry.canary_verdict(report, 100, 0.01)
+    assert promoted, verdict
+    assert "canary edgeroute/2 1.0000 (100 labelled) >= champion edgeroute/1 0.8667 (300 labelled)" in verdict
