@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TF_USE_LEGACY_KERAS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo train test test-slow lint format mlflow-ui prefect-server worker deploy clean
+.PHONY: install demo train test test-slow lint format mlflow-ui prefect-server worker deploy stack stack-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,15 @@ worker: $(STAMP)
 deploy: $(STAMP)
 	$(BIN)/prefect work-pool create $(WORK_POOL) --type process --overwrite
 	$(BIN)/prefect --no-prompt deploy --all
+
+# Postgres, MLflow and Prefect servers, a worker with the deployments applied and, given
+# STACK_BUNDLE=DIR or STACK_MODEL=models:/edgeroute@champion, two edges and a cloud writing one
+# Postgres audit trail: all on 127.0.0.1, state under .stack/ (deployments/stack.sh says more).
+stack: $(STAMP)
+	MAKE="$(MAKE)" deployments/stack.sh up
+
+stack-down:
+	deployments/stack.sh down
 
 clean:
 	rm -rf work .prefect/storage .pytest_cache .ruff_cache

@@ -127,11 +127,17 @@ def free_port() -> int:
 
 
 def start_service(
-    bundle: Path | str, role: str, workdir: Path, *options: str, audit: Path | None = None
+    bundle: Path | str,
+    role: str,
+    workdir: Path,
+    *options: str,
+    audit: Path | str | None = None,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
-    """``edgeroute serve`` of a bundle directory, or a ``models:/`` URI, on a free 127.0.0.1
-    port, once ``/readyz`` answers; its audit trail is ``audit``, else one in ``workdir``."""
-    port = free_port()
+    """``edgeroute serve`` of a bundle directory, or a ``models:/`` URI, on 127.0.0.1 ``port``
+    (else a free one), once ``/readyz`` answers; its audit trail is ``audit`` (a SQLite file or a
+    ``postgresql://`` URL), else one in ``workdir``."""
+    port = port or free_port()
     served = ["--model", bundle] if str(bundle).startswith("models:/") else ["--bundle", str(bundle)]
     process = subprocess.Popen(
         [str(BIN / "edgeroute"), "serve", *served, "--role", role, "--port", str(port),
