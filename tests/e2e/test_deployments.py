@@ -1,6 +1,8 @@
-"""prefect.yaml end to end: a Prefect server and a process worker on 127.0.0.1, the deployments
-applied with `prefect deploy --all`, runs started with `prefect deployment run ... --watch`, and
-the deployment trigger of training-pipeline/retrain-from-production acting on the monitor's events."""
+"""prefect.yaml end to end, on the stack `make stack` starts: a Prefect server and an MLflow
+tracking server on a real Postgres, and a process worker, on 127.0.0.1; the deployments applied
+with `prefect deploy --all`, runs started with `prefect deployment run ... --watch`, the champion
+they register served by two replicas writing one Postgres trail, and the deployment trigger of
+training-pipeline/retrain-from-production acting on the monitor's events."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
@@ -23,9 +26,10 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelled
 
+from edgeroute.trails import window
 from tasks.monitoring import DEGRADED, GROUP_LABEL
-from tests.conftest import ROOT
-from tests.services import Process, degrade, edge_service, free_port, wait_until_healthy
+from tests.conftest import ROOT, PostgresServer
+from tests.services import Process, degrade, edge_service, free_port, wait_ready, wait_until_healthy
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -37,6 +41,7 @@ class Stack:
     env: dict[str, str]
     api_url: str
     mlflow_uri: str
+    postgres: PostgresServer
 
     def prefect(self, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -55,12 +60,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Server, pool, deployments and worker, as `make prefect-server deploy worker` start them."""
+def stack(tmp_path_factory, postgres_server):
+    """Servers on Postgres, pool, deployments and worker, as `make stack` starts them."""
     home = tmp_path_factory.mktemp("prefect-e2e")
-    port = free_port()
+    port, mlflow_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    mlflow_uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    mlflow_uri = f"http://127.0.0.1:{mlflow_port}"
+    database = postgres_server.database("e2e_mlflow").replace("postgresql://", "postgresql+psycopg://")
     env = os.environ | {
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_API_URL": api_url,
@@ -70,15 +76,25 @@ def stack(tmp_path_factory):
         "EDGEROUTE_HOME": str(ROOT),
     }
     env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)
+    prefect_database = postgres_server.database("e2e_prefect").replace(
+        "postgresql://", "postgresql+asyncpg://"
+    )
     server = Process(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env,
+        env | {"PREFECT_API_DATABASE_CONNECTION_URL": prefect_database},
         home / "server.log",
     )
+    tracking = Process(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
+         "--backend-store-uri", database, "--artifacts-destination", str(home / "mlflow-artifacts")],
+        env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        home / "mlflow.log",
+    )  # fmt: skip
     worker = None
     try:
         wait_until_healthy(api_url, server)
-        running = Stack(env, api_url, mlflow_uri)
+        wait_until_healthy(mlflow_uri, tracking)
+        running = Stack(env, api_url, mlflow_uri, postgres_server)
         for args in (
             ("work-pool", "create", POOL, "--type", "process", "--overwrite"),
             ("--no-prompt", "deploy", "--all"),
@@ -92,7 +108,7 @@ def stack(tmp_path_factory):
         )
         yield running
     finally:
-        for process in (worker, server):
+        for process in (worker, server, tracking):
             if process is not None:
                 process.stop()
 
@@ -122,6 +138,7 @@ def test_on_demand_runs_register_the_model_and_a_failed_gate_keeps_the_champion(
     aliases = client.get_registered_model("edgeroute").aliases
     assert aliases == {"challenger": aliases["champion"], "champion": aliases["champion"]}
     champion = str(aliases["champion"])
+    serves_from_both_replicas(stack, f"edgeroute/{champion}", tmp_path)
 
     failing = [f"work_dir={work}", "gate.min_accuracy_retention=1.5", "gate.max_attempts=1"]
     second = stack.run_deployment("training-pipeline/on-demand", {"preset": "tiny", "overrides": failing})
@@ -129,6 +146,33 @@ def test_on_demand_runs_register_the_model_and_a_failed_gate_keeps_the_champion(
     assert "Flow run finished in state 'Failed'" in second.stdout
     assert len(client.search_model_versions("name='edgeroute'")) == 1
     assert str(client.get_model_version_by_alias("edgeroute", "champion").version) == champion
+
+
+def serves_from_both_replicas(stack: Stack, champion: str, tmp_path: Path) -> None:
+    """Two `edgeroute serve --model models:/edgeroute@champion` replicas writing one Postgres
+    trail answer with the champion, and the trail names both."""
+    trail = stack.postgres.database("e2e_audit")
+    env = stack.env | {"EDGEROUTE_AUDIT_KEY": "the e2e fleet's key"}
+    replicas = []
+    try:
+        for name in ("edge-1", "edge-2"):
+            port = free_port()
+            replicas.append(Process(
+                [str(BIN / "edgeroute"), "serve", "--model", "models:/edgeroute@champion",
+                 "--port", str(port), "--audit", trail, "--set", f"audit.instance={name}",
+                 "--set", f"audit.spool={tmp_path / name}.jsonl"],
+                env, tmp_path / f"{name}.log",
+            ))  # fmt: skip
+            wait_ready(f"http://127.0.0.1:{port}", timeout_s=120, process=replicas[-1].popen)
+            answer = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"text": "where is my parcel?"})
+            assert answer.status_code == 200 and answer.json()["model_version"] == champion
+    finally:
+        for replica in replicas:
+            replica.stop()
+    rows = window(trail, 0, 100)
+    assert sorted((row["instance"], row["model_version"]) for row in rows) == [
+        ("edge-1", champion), ("edge-2", champion),
+    ]  # fmt: skip
 
 
 MONITOR_THREE_TIMES = """
