@@ -335,6 +335,7 @@ ENTITIES: tuple[Entity, ...] = (
 
 
 Spans = list[tuple[int, int, str]]
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")
 
 
 class PrivacyError(RuntimeError):
@@ -342,14 +343,19 @@ class PrivacyError(RuntimeError):
 
 
 def find(text: str) -> Spans:
-    """Non-overlapping ``(start, end, entity)`` spans of personal data in normalised ``text``."""
-    taken: Spans = []
+    """Non-overlapping ``(start, end, entity)`` spans of personal data in normalised ``text``.
+
+    A placeholder already there (``<IBAN_CODE>``) is never part of a span: masking a masked text
+    changes nothing, and no pattern reads a placeholder's letters as data."""
+    placeholders: Spans = [(m.start(), m.end(), "") for m in _PLACEHOLDER.finditer(text)]
+    taken: Spans = list(placeholders)
     for entity in ENTITIES:
         # Each kind is looked for in the text the kinds before it left free, so that a number
         # beside an IBAN is still found, not dropped with a longer match that overlapped it.
         for start, end in _free(taken, len(text)):
             taken += [(s, e, entity.name) for s, e in entity.spans(text, start, end)]
-    return sorted(taken + [span for span in _edge_numbers(text) if _is_free(span, taken)])
+    found = [span for span in taken if span[2]]
+    return sorted(found + [span for span in _edge_numbers(text) if _is_free(span, taken)])
 
 
 def _edge_numbers(text: str) -> Spans:
