@@ -520,19 +520,33 @@ def health(
     trail: Annotated[str, typer.Argument(help="A postgresql:// trail a fleet writes, or a SQLite file.")],
     config: ServeConfigOption = None,
     overrides: Overrides = None,
-    champion: Annotated[
-        str | None, typer.Option(help="The champion's version, e.g. edgeroute/3 (default: the busiest).")
-    ] = None,
+    bundle: BundleOption = None,
+    model: ModelOption = None,
 ) -> None:
     """The health report of every service writing TRAIL, over the monitor's window of the serve
-    config (thresholds too): all instances, each model version, and each instance, as JSON."""
+    config (thresholds too): all instances, each model version, and each instance, as JSON.
+
+    With the champion's bundle (--bundle, or --model models:/<name>@champion), its version is the
+    champion, its costs price the estimate and its reference profile judges drift; without, the
+    busiest version is taken for the champion and drift is not judged."""
     from edgeroute.audit import AuditError
+    from edgeroute.bundle import BundleError, load_bundle
     from edgeroute.monitor import fleet_report
+    from edgeroute.releases import model_version
     from edgeroute.trails import window
 
     thresholds = serve_config(config, overrides, {}).monitor
+    served = {}
+    if bundle is not None or model is not None:
+        path, registered = resolve_bundle(bundle, model)
+        try:
+            champion = load_bundle(path)
+        except BundleError as exc:
+            raise fail(str(exc), 2) from None
+        served = {"champion": model_version(champion, registered), "profile": champion.profile(),
+                  "costs": champion.router_settings().costs}  # fmt: skip
     try:
         rows = window(trail, time.time() - thresholds.window_s, thresholds.max_events)
     except AuditError as exc:
         raise fail(str(exc), 1) from None
-    typer.echo(json.dumps(fleet_report(rows, thresholds, champion=champion), indent=2))
+    typer.echo(json.dumps(fleet_report(rows, thresholds, **served), indent=2))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
@@ -296,6 +296,7 @@ def fleet_report(
     thresholds: Thresholds | None = None,
     costs: Costs | None = None,
     champion: str | None = None,
+    profile: Profile | None = None,
     clock: Callable[[], float] = time.time,
 ) -> dict[str, Any]:
     """The health report of every service that writes one audit trail (``rows``: its window, as
@@ -303,21 +304,22 @@ def fleet_report(
     model version at a time, plus ``instances``, each service's own window metrics.
 
     ``champion`` is the version served as champion (None: the one that answered most); the
-    version that answered most after it is taken for the canary. Drift needs the champion's
-    profile, which a trail does not hold: it is each service's own report that judges it.
+    version that answered most after it is taken for the canary. Drift is the champion's traffic
+    against ``profile``, its bundle's reference profile (None: not judged; a trail holds none).
     """
     monitor = Monitor(thresholds, costs, clock)
     observed = [(row["instance"], Observation.from_audit(row)) for row in rows]
     monitor.restore(observation for _, observation in observed)
-    report = monitor.report()
     start = clock() - monitor.thresholds.window_s
     by_instance: dict[str, list[Observation]] = {}
     for instance, observation in observed:
         if observation.time >= start:
             by_instance.setdefault(instance, []).append(observation)
-    answered = sorted(report["versions"], key=lambda v: -report["versions"][v]["requests"])
-    champion = champion or (answered[0] if answered else "")
-    others = [v for v in answered if v != champion]
+    answered = Counter(o.model_version for events in by_instance.values() for o in events).most_common()
+    champion = champion or (answered[0][0] if answered else "")
+    monitor.serve(champion, profile)
+    report = monitor.report()
+    others = [v for v, _ in answered if v != champion]
     requests = report["metrics"]["requests"]
     canary = (
         {"model_version": others[0], "share": report["versions"][others[0]]["requests"] / requests}

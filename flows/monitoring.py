@@ -24,6 +24,7 @@ def monitor_router(
     overrides: list[str] | None = None,
     experiment: str = "edgeroute-monitoring",
     service_group: str = DEFAULT_GROUP,
+    model: str | None = "models:/edgeroute@champion",
 ) -> dict[str, Any]:
     """One health check of ``service_url``: published, and emitted as ``edgeroute.router.degraded``
     or ``edgeroute.router.healthy`` about the service, labelled with ``service_group`` (the
@@ -31,14 +32,17 @@ def monitor_router(
 
     ``service_url`` is a service (``http://…``: its own report) or the audit trail a fleet writes
     (``postgresql://…``, or one box's SQLite file): the report of all its services, one model
-    version at a time, and of each service (``instances``), over the monitor's window.
+    version at a time, and of each service (``instances``), over the monitor's window; ``model``,
+    the champion's bundle, gives its version, costs and the reference profile drift is judged by
+    (None: the busiest version is taken for the champion, and drift is not judged).
 
     The accuracy and edge-share floors are the service's own (``monitor`` of the serve config
     ``serve_config`` with ``overrides``, as `edgeroute serve --config --set` takes them); input
     drift is judged against the threshold its report carries.
     """
     thresholds = load_serve_config(Path(serve_config) if serve_config else None, overrides).monitor
-    report = read_health(service_url, thresholds=thresholds)
+    fleet = not service_url.startswith(("http://", "https://"))
+    report = read_health(service_url, thresholds=thresholds, model=model if fleet else None)
     source = redact_password(service_url)
     publish_health(report, source, experiment)
     event = emit_health_event(report, source, RetrainPolicy.from_thresholds(thresholds), service_group)

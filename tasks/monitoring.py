@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from edgeroute import trails
 from edgeroute.cloud import SAME_ORIGIN
 from edgeroute.config import Thresholds, redact_password
 from edgeroute.monitor import drift_alerts, fleet_report
+from edgeroute.releases import model_version
+from tasks.registry import fetch_bundle, resolve_version
 from tasks.support import markdown, tracking
 from tasks.support.markdown import code
 
@@ -110,20 +113,26 @@ def _show(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
 
 
-def _versions_table(report: dict[str, Any]) -> str:
-    versions = report.get("versions") or {}
-    if not versions:
+def _breakdown(title: str, column: str, figures: dict[str, dict[str, Any]], roles: dict) -> str:
+    """A table of the window's metrics of each model version, or each instance of a fleet."""
+    if not figures:
         return ""
-    canary = (report.get("canary") or {}).get("model_version")
-    roles = {report.get("model_version"): " champion", canary: " canary"}
     table = markdown.table(
-        ["version", "requests", "edge share", "accuracy (feedback)", "cost per query", "p95 latency"],
-        [[f"{code(version)}{roles.get(version, '')}", m["requests"], _show(m["edge_share"], "{:.1%}"),
+        [column, "requests", "edge share", "accuracy (feedback)", "cost per query", "p95 latency"],
+        [[f"{code(name)}{roles.get(name, '')}", m["requests"], _show(m["edge_share"], "{:.1%}"),
           f"{_show(m['accuracy'], '{:.3f}')} ({m['labelled']} labelled)",
           _show(m["cost_per_query"], "${:.5f}"), _show(m["p95_latency_ms"], "{:.1f} ms")]
-         for version, m in versions.items()],
+         for name, m in figures.items()],
     )  # fmt: skip
-    return f"\nBy model version:\n\n{table}\n"
+    return f"\n{title}:\n\n{table}\n"
+
+
+def _breakdowns(report: dict[str, Any]) -> str:
+    canary = (report.get("canary") or {}).get("model_version")
+    roles = {report.get("model_version"): " champion", canary: " canary"}
+    return _breakdown("By model version", "version", report.get("versions") or {}, roles) + _breakdown(
+        "By instance (the fleet's services)", "instance", report.get("instances") or {}, {}
+    )
 
 
 def _drift_line(report: dict[str, Any]) -> str:
@@ -155,7 +164,7 @@ Service `{url}`, {serving}, last {report["window_s"]:.0f} s.
 | {metrics["requests"]} | {_show(metrics["edge_share"], "{:.1%}")} | {_show(metrics["accuracy"], "{:.3f}")} \
 | {_show(metrics["cost_per_query"], "${:.5f}")} | {_show(metrics["p95_latency_ms"], "{:.1f} ms")} \
 | {_show(metrics["avg_complexity"], "{:.3f}")} |
-{_versions_table(report)}{_drift_line(report)}
+{_breakdowns(report)}{_drift_line(report)}
 Trends: {trends}. Monthly cost at the current rate: ${report["cost_estimate"]["monthly_cost"]:,.0f} \
 (cloud only ${report["cost_estimate"]["monthly_cloud_only_cost"]:,.0f}).
 
@@ -168,12 +177,14 @@ Trends: {trends}. Monthly cost at the current rate: ${report["cost_estimate"]["m
 
 
 def health_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The report's figures as MLflow metrics: overall, ``version.<v>.<metric>`` per model version
-    (``/`` in a version's name becomes ``_``), ``drift.max_psi`` and ``drift.psi.<feature>``."""
+    """The report's figures as MLflow metrics: overall, ``version.<v>.<metric>`` per model version,
+    ``instance.<i>.<metric>`` per service of a fleet (a character MLflow refuses in a name
+    becomes ``_``), ``drift.max_psi`` and ``drift.psi.<feature>``."""
     metrics = {k: v for k, v in report["metrics"].items() if v is not None} | {"score": report["score"]}
-    for version, figures in (report.get("versions") or {}).items():
-        key = version.replace("/", "_")
-        metrics |= {f"version.{key}.{k}": v for k, v in figures.items() if v is not None}
+    for kind in ("version", "instance"):
+        for name, figures in (report.get(f"{kind}s") or {}).items():
+            key = re.sub(r"[^\w.\- ]", "_", name)
+            metrics |= {f"{kind}.{key}.{k}": v for k, v in figures.items() if v is not None}
     drift = report.get("drift") or {}
     if drift.get("max_psi") is not None:
         metrics["drift.max_psi"] = drift["max_psi"]
@@ -187,15 +198,24 @@ def read_health(
     api_key_env: str = "EDGEROUTE_API_KEY",
     thresholds: Thresholds | None = None,
     champion: str | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Prefect task: the health report of an edgeroute service (GET /v1/health of an http(s)
     URL; a redirect to another origin is refused, so the API key never leaves the service's), or
     of every service writing an audit trail (`edgeroute.monitor.fleet_report` over ``thresholds``'
-    window, ``champion`` the version served as champion)."""
+    window). For a trail, ``model`` is the champion's bundle (``models:/<name>@champion`` or a
+    directory): its version (unless ``champion`` names one), costs and reference profile, by
+    which drift is judged."""
     if not url.startswith(("http://", "https://")):
         thresholds = thresholds or Thresholds()
+        served: dict[str, Any] = {"champion": champion}
+        if model is not None:
+            bundle = fetch_bundle.fn(model)
+            registered = resolve_version(model) if model.startswith("models:/") else None
+            served = {"champion": champion or model_version(bundle, registered), "profile": bundle.profile(),
+                      "costs": bundle.router_settings().costs}  # fmt: skip
         rows = trails.window(url, time.time() - thresholds.window_s, thresholds.max_events)
-        return fleet_report(rows, thresholds, champion=champion)
+        return fleet_report(rows, thresholds, **served)
     headers = {"X-API-Key": os.environ[api_key_env]} if os.environ.get(api_key_env) else {}
     request = urllib.request.Request(f"{url.rstrip('/')}/v1/health", headers=headers)
     with SAME_ORIGIN.open(request, timeout=10) as response:

@@ -106,6 +106,12 @@ def edge_service(
     return Service(app), audit
 
 
+def replica(bundle_path: Path, tmp_path: Path, trail: str, name: str):
+    """An edge service of a fleet: ``name`` on the Postgres ``trail``, its spool its own."""
+    settings = (f"audit.url={trail}", f"audit.instance={name}")
+    return edge_service(bundle_path, tmp_path / name, None, None, *settings)
+
+
 def run_cli(args: list[str], tmp_path: Path, api_url: str | None = None) -> subprocess.CompletedProcess:
     """A command as a user runs it in ``tmp_path``, with its own MLflow store (and Prefect API)."""
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}

@@ -12,12 +12,13 @@ import psycopg
 import pytest
 
 from edgeroute.audit import AuditError, AuditLog
+from edgeroute.bundle import load_bundle
 from edgeroute.config import AuditConfig, load_serve_config
 from edgeroute.monitor import fleet_report
 from edgeroute.trails import open_trail, training_rows, window
 from tests.conftest import PostgresServer
 from tests.edgeroute.test_audit import NONE_COLUMNS, SECRET_TEXT, _decision
-from tests.services import BIN, edge_service, free_port
+from tests.services import BIN, edge_service, free_port, replica
 
 
 def _trail(url: str, tmp_path, instance: str = "edge-1", **settings):
@@ -189,12 +190,7 @@ def test_the_service_answers_while_its_postgres_trail_is_away_and_keeps_every_ro
 def test_the_fleet_report_is_the_report_of_the_union_of_both_replicas_requests(
     tiny_bundle, postgres_url, tmp_path
 ):
-    services = [
-        edge_service(
-            tiny_bundle, tmp_path / name, None, None, f"audit.url={postgres_url}", f"audit.instance={name}"
-        )
-        for name in ("edge-1", "edge-2")
-    ]
+    services = [replica(tiny_bundle, tmp_path, postgres_url, name) for name in ("edge-1", "edge-2")]
     results: dict[str, list[dict]] = {"edge-1": [], "edge-2": []}
     try:
         for i in range(24):
@@ -214,8 +210,9 @@ def test_the_fleet_report_is_the_report_of_the_union_of_both_replicas_requests(
         for service, trail in services:
             service.stop()
             trail.close()
-    thresholds = load_serve_config().monitor
-    report = fleet_report(window(postgres_url, time.time() - 3600, 1000), thresholds)
+    thresholds = load_serve_config(None, ["monitor.min_drift_samples=20"]).monitor
+    profile = load_bundle(tiny_bundle).profile()
+    report = fleet_report(window(postgres_url, time.time() - 3600, 1000), thresholds, profile=profile)
     union = [r for rs in results.values() for r in rs]
     labelled = [r["correct"] for r in union if "correct" in r]
     expected = {
@@ -228,6 +225,7 @@ def test_the_fleet_report_is_the_report_of_the_union_of_both_replicas_requests(
     assert {k: report["metrics"][k] for k in expected} == pytest.approx(expected)
     assert {name: m["requests"] for name, m in report["instances"].items()} == {"edge-1": 16, "edge-2": 8}
     assert report["versions"]["test/1"]["requests"] == 24 and report["model_version"] == "test/1"
+    assert report["drift"]["samples"] == 24, "the champion's traffic of both replicas, against its profile"
     edge_1 = results["edge-1"]
     assert report["instances"]["edge-1"]["edge_share"] == pytest.approx(
         sum(r["route"] == "edge" for r in edge_1) / len(edge_1)

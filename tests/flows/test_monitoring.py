@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+from edgeroute.monitor import fleet_report
+from edgeroute.trails import window
 from flows.monitoring import monitor_router
 from tasks.monitoring import (
     DEGRADED,
@@ -19,7 +22,7 @@ from tasks.monitoring import (
     health_metrics,
     to_markdown,
 )
-from tests.services import degrade, edge_service
+from tests.services import degrade, edge_service, replica
 
 POLICY = RetrainPolicy(min_accuracy=0.85, min_edge_share=0.8)
 URL = "http://127.0.0.1:8000"
@@ -130,3 +133,25 @@ def test_the_monitor_emits_a_degraded_event_when_every_answer_was_wrong(tiny_bun
     assert (event.payload["accuracy"], event.payload["labelled"]) == (0.0, 10)
     assert event.payload["breaches"] == summary["breaches"]
     assert "flow-run" in {related.role for related in event.related}, "linked to the monitor's flow run"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_monitor_judges_a_fleet_from_the_trail_its_replicas_write(
+    tiny_bundle, tmp_path, mlflow_uri, postgres_url
+):
+    replicas = [replica(tiny_bundle, tmp_path, postgres_url, name) for name in ("edge-1", "edge-2")]
+    try:
+        degrade(replicas[0][0].url, count=6)  # one replica's answers all wrong, the other's not judged
+        httpx.post(f"{replicas[1][0].url}/v1/classify", json={"texts": ["thanks", "where is my parcel"]})
+    finally:
+        for service, trail in replicas:
+            service.stop()
+            trail.close()
+    summary = monitor_router(postgres_url, service_group="eu-fleet", model=None)
+    assert summary["event"] == DEGRADED and summary["breaches"][0] == "accuracy 0.000 < 0.85"
+    [event] = degraded_events(f"edgeroute.service.{postgres_url}", expected=1)
+    assert event.resource["edgeroute.service-group"] == "eu-fleet"
+    assert (event.payload["requests"], event.payload["labelled"]) == (8, 6)
+    report = fleet_report(window(postgres_url, time.time() - 3600, 100))
+    assert "| `edge-1` | 6 |" in to_markdown(report, postgres_url)
+    assert health_metrics(report)["instance.edge-2.requests"] == 2
