@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -225,3 +226,42 @@ def test_reading_a_services_health_never_follows_a_redirect_to_another_origin(mo
     finally:
         elsewhere.stop()
         redirecting.stop()
+
+
+def test_promote_from_canary_judges_a_fleet_from_its_postgres_trail(tmp_path, monkeypatch, postgres_url):
+    from edgeroute.config import AuditConfig
+    from edgeroute.trails import open_trail
+    from tasks import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    client.create_registered_model("edgeroute")
+    (tmp_path / "model").mkdir()
+    for _ in range(3):
+        client.create_model_version("edgeroute", source=(tmp_path / "model").as_uri())
+    registry.set_champion("edgeroute", "2", "first champion")
+    # Two replicas each serve the champion (edgeroute/2) and the canary (edgeroute/3, 1 in 4).
+    now = time.time()
+    for replica in ("edge-1", "edge-2"):
+        trail = open_trail(AuditConfig(url=postgres_url, spool=tmp_path / f"{replica}.jsonl"), replica)
+        rows = [
+            {"request_id": f"{replica}-{i}", "time": now - 60 + i / 10,
+             "model_version": f"edgeroute/{2 + (i % 4 == 0)}", "route": "edge", "reason": "confident",
+             "label": "neutral", "confidence": 0.9, "complexity": 0.1, "cost": 0.001,
+             "text": f"where is my parcel {i}"}
+            for i in range(200)
+        ]  # fmt: skip
+        trail.record(rows)
+        for i, row in enumerate(rows):  # the champion wrong on 1 in 5 of its answers, the canary never
+            wrong = row["model_version"] == "edgeroute/2" and i % 5 == 1
+            trail.feedback(row["request_id"], "negative" if wrong else "neutral")
+        trail.close()
+    with_password = postgres_url.replace("edgeroute@", "edgeroute:pw-never-shown@")
+    promote = [str(BIN / "edgeroute"), "promote", "--from-canary", with_password, "--min-feedback", "80"]
+    done = run_cli(promote, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "edgeroute: champion is now version 3 (was 2)" in done.stdout
+    reason = client.get_model_version("edgeroute", "3").tags["promotion_reason"]
+    assert "canary edgeroute/3 1.0000 (100 labelled) >= champion edgeroute/2 0.8000 (300 labelled)" in reason
+    assert "pw-never-shown" not in reason + done.stdout + done.stderr
