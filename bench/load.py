@@ -57,6 +57,7 @@ import numpy as np
 
 from bench.common import emit, messages, milliseconds, start_service, stop_service, teacher_int8
 from edgeroute.bundle import CLOUD_MODEL, EDGE_MODEL, ROUTER, TOKENIZER, derive_bundle, load_bundle
+from edgeroute.router import OPTIMAL_EDGE
 
 GOALS = {"requests_per_s": 800, "p99_ms": 20}
 EDGE_OPTIONS = ("--set", "limits.max_batch=1024")
@@ -105,12 +106,14 @@ def _record(out: dict, status: int, payload: bytes, elapsed: float) -> None:
         result = json.loads(payload)["results"][0]
         for key, name in (("routes", result["route"]), ("versions", result["model_version"])):
             out[key][name] = out[key].get(name, 0) + 1
+        if result["reason"] == OPTIMAL_EDGE:  # the edge answered alone: no cloud in its latency
+            out["edge_alone"].append(elapsed)
     else:
         out["errors"].append(str(status))
 
 
 def _outcome() -> dict:
-    return {"latencies": [], "errors": [], "routes": {}, "versions": {}}
+    return {"latencies": [], "edge_alone": [], "errors": [], "routes": {}, "versions": {}}
 
 
 def _summary(out: dict) -> dict:
@@ -276,6 +279,7 @@ def open_loop(
         "most_connections": out["most_connections"],
         "routes": out["routes"],
         "versions": out["versions"],
+        "edge_alone": milliseconds(out["edge_alone"]) if out["edge_alone"] else None,
     }
 
 

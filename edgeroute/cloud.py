@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,9 +130,12 @@ class HttpCloud:
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.endpoint, body, self.headers, method="POST")
             try:
+                started = time.monotonic()
                 with SAME_ORIGIN.open(request, timeout=self.timeout_s) as response:
-                    answer = response.read(MAX_ANSWER_BYTES + 1)
-                if len(answer) > MAX_ANSWER_BYTES:
+                    declared = int(response.headers.get("Content-Length") or 0)
+                    chunks = iter(lambda r=response: r.read1(1 << 16), b"")
+                    answer = read_within(chunks, started + self.timeout_s, declared)
+                if answer is None:
                     raise RuntimeError(f"{self.endpoint} answered more than {MAX_ANSWER_BYTES} bytes")
                 return predictions(answer, len(texts), self.endpoint)
             except urllib.error.HTTPError as exc:
@@ -459,10 +462,16 @@ class OpenAICloud:
     def _call(self, body: dict[str, Any]) -> Prediction:
         import httpx
 
+        started = time.monotonic()
         try:
             with self.client.stream("POST", self.endpoint, json=body) as response:
-                content = _capped(response) if response.status_code == 200 else b""
-        except httpx.TimeoutException:
+                declared = int(response.headers.get("Content-Length") or 0)
+                content = (
+                    read_within(response.iter_bytes(), started + self.config.timeout_s, declared)
+                    if response.status_code == 200
+                    else b""
+                )
+        except (httpx.TimeoutException, TooSlow):
             raise _Transient(f"{self.endpoint} did not answer within {self.config.timeout_s} s") from None
         except httpx.TransportError as exc:
             raise _Transient(f"{self.endpoint} unreachable: {type(exc).__name__}") from None
@@ -527,18 +536,24 @@ class OpenAICloud:
         ) / 1000
 
 
-def _capped(response: Any) -> bytes | None:
-    """The body of an httpx streamed ``response``, or None past ``MAX_ANSWER_BYTES`` (read no
-    further than that)."""
-    if int(response.headers.get("Content-Length") or 0) > MAX_ANSWER_BYTES:
+class TooSlow(TimeoutError):
+    """An answer that had not arrived whole by the call's deadline (a cloud that drips it)."""
+
+
+def read_within(chunks: Iterable[bytes], deadline: float, declared: int = 0) -> bytes | None:
+    """A body read from ``chunks`` until ``deadline`` (`time.monotonic`), `TooSlow` after it;
+    None past ``MAX_ANSWER_BYTES`` (``declared`` by Content-Length, or read: no further than that)."""
+    if declared > MAX_ANSWER_BYTES:
         return None
-    chunks, size = [], 0
-    for chunk in response.iter_bytes():
+    parts, size = [], 0
+    for chunk in chunks:
+        if time.monotonic() > deadline:
+            raise TooSlow(f"the answer was not whole within its deadline ({size} bytes read)")
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
             return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _confidence(logprobs: Any) -> float | None:

@@ -186,6 +186,12 @@ class CloudConfig(Frozen):
     max_retries: int = Field(2, ge=0, description="retries of a failed call")
     deadline_s: float = Field(30.0, gt=0, description="seconds for one text, retries and waits included")
     max_concurrency: int = Field(8, ge=1, description="calls at once (openai: one per text)")
+    answer_within_s: float | None = Field(
+        None, gt=0,
+        description="serving: how long an escalated request waits for the cloud, whatever the cloud "
+        "is doing (None: half of limits.timeout_s); then the edge answers (reason cloud_error) and "
+        "the call counts as a failure of the circuit",
+    )  # fmt: skip
     price_per_1k_input_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
     price_per_1k_output_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
     cache_dir: Path | None = Field(None, description="answers kept on disk by URL, model, prompt and text")
@@ -368,6 +374,20 @@ class ServeConfig(Frozen):
     breaker: BreakerConfig = BreakerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     monitor: Thresholds = Thresholds()
+
+    @property
+    def cloud_wait_s(self) -> float:
+        """How long an escalated request waits for the cloud (``cloud.answer_within_s``)."""
+        return self.cloud.answer_within_s or self.limits.timeout_s / 2
+
+    @model_validator(mode="after")
+    def _cloud_answers_in_time(self) -> ServeConfig:
+        if self.cloud_wait_s >= self.limits.timeout_s:
+            raise ValueError(
+                f"cloud.answer_within_s: {self.cloud_wait_s:g} s must be below limits.timeout_s "
+                f"({self.limits.timeout_s:g} s), so that a slow cloud leaves time for the edge's answer"
+            )
+        return self
 
 
 def load_serve_config(path: Path | None = None, overrides: list[str] | None = None) -> ServeConfig:

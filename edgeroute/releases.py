@@ -69,6 +69,16 @@ class Release:
     def route(self, texts: Sequence[str]) -> list[Decision]:
         return self.tier.route(texts)
 
+    @property
+    def escalating(self) -> Router | None:
+        """The router whose escalations wait for a cloud tier; None in the cloud role."""
+        return self.tier if isinstance(self.tier, Router) else None
+
+    def decide_on_edge(self, texts: Sequence[str]) -> list[Decision]:
+        """What is decided without waiting for a cloud tier: the edge's decisions in the edge
+        role (`Router.decide_on_edge`), every answer in the cloud role."""
+        return self.tier.decide_on_edge(texts) if isinstance(self.tier, Router) else self.tier.route(texts)
+
 
 def model_version(bundle: Bundle, registered: str | None = None) -> str:
     """What the service reports as its model: the registry version, else the training run."""

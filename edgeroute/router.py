@@ -248,15 +248,23 @@ class Router:
 
     def route(self, texts: Sequence[str]) -> list[Decision]:
         """Decide every text; one cloud call for the escalated and shadowed subset."""
+        decisions = self.decide_on_edge(texts)
+        if not self.to_cloud(decisions):
+            return decisions
+        return self.settle(decisions, *self.ask_cloud(self.sent_texts(decisions)))
+
+    def decide_on_edge(self, texts: Sequence[str]) -> list[Decision]:
+        """The edge's decision of every text, in one edge call: final, or (`to_cloud`) waiting for
+        the cloud's answer, with the masked text it is to be sent."""
         texts = list(texts)
         if not texts:
             return []
         settings, costs = self.settings, self.settings.costs
         features = self.features(texts)
         reasons = escalation_reasons(features, settings)
-        escalate = reasons != OPTIMAL_EDGE
-        shadow = ~escalate & shadow_sample(texts, settings.shadow_rate)
-        decisions = [
+        shadow = (reasons == OPTIMAL_EDGE) & shadow_sample(texts, settings.shadow_rate)
+        sent = (reasons != OPTIMAL_EDGE) | shadow
+        return [
             Decision(
                 label=self.labels[int(features.label[i])],
                 confidence=float(features.confidence[i]),
@@ -268,34 +276,52 @@ class Router:
                 edge_label=self.labels[int(features.label[i])],
                 edge_confidence=float(features.confidence[i]),
                 shadow=bool(shadow[i]),
+                masked_text=mask(texts[i]) if sent[i] and self.cloud is not None else None,
             )
             for i in range(len(texts))
         ]
-        sent = np.flatnonzero(escalate | shadow)
-        if not len(sent):
-            return decisions
-        masked = [mask(texts[i]) for i in sent] if self.cloud is not None else None
-        answers, attempted = self._ask_cloud(masked)
-        for position, i in enumerate(sent):
+
+    @staticmethod
+    def to_cloud(decisions: Sequence[Decision]) -> list[int]:
+        """Which of the edge's ``decisions`` wait for the cloud: the escalated and the shadowed."""
+        return [i for i, d in enumerate(decisions) if d.reason != OPTIMAL_EDGE or d.shadow]
+
+    def sent_texts(self, decisions: Sequence[Decision]) -> list[str] | None:
+        """The masked texts the cloud is to answer, in `to_cloud` order (None without a cloud)."""
+        if self.cloud is None:
+            return None
+        return [decisions[i].masked_text or "" for i in self.to_cloud(decisions)]
+
+    def settle(
+        self, decisions: Sequence[Decision], answers: Sequence[Prediction | None] | None, attempted: bool
+    ) -> list[Decision]:
+        """The edge's ``decisions`` with the cloud's ``answers`` (None: none came) to the texts
+        that waited for it: escalated ones answered by the cloud, or by the edge with the reason
+        `CLOUD_ERROR`; shadowed ones keep the edge's answer and note the cloud's. A text costs
+        the cloud's price when the cloud was asked (``attempted``)."""
+        costs = self.settings.costs
+        settled = list(decisions)
+        for position, i in enumerate(self.to_cloud(decisions)):
             answer = answers[position] if answers is not None else None
+            escalated = decisions[i].reason != OPTIMAL_EDGE
             # What the backend says the call cost (its tokens), else the router's cloud cost.
             cloud_cost = answer.cost if answer is not None and answer.cost is not None else costs.cloud
             decision = replace(
                 decisions[i], cost=costs.edge + (cloud_cost if attempted else 0.0),
-                masked_text=masked[position] if attempted else None,
+                masked_text=decisions[i].masked_text if attempted else None,
             )  # fmt: skip
             if answer is None:
-                decisions[i] = replace(decision, reason=CLOUD_ERROR if escalate[i] else decision.reason)
-            elif escalate[i]:
-                decisions[i] = replace(
+                settled[i] = replace(decision, reason=CLOUD_ERROR if escalated else decision.reason)
+            elif escalated:
+                settled[i] = replace(
                     decision, label=answer.label, confidence=answer.confidence, route="cloud",
                     cloud_label=answer.label,
                 )  # fmt: skip
             else:
-                decisions[i] = replace(decision, cloud_label=answer.label)
-        return decisions
+                settled[i] = replace(decision, cloud_label=answer.label)
+        return settled
 
-    def _ask_cloud(self, masked: list[str] | None) -> tuple[Sequence[Prediction | None] | None, bool]:
+    def ask_cloud(self, masked: list[str] | None) -> tuple[Sequence[Prediction | None] | None, bool]:
         """The cloud's answers for the ``masked`` texts (None on failure; None for each text the
         cloud refused), and whether it was called."""
         if self.cloud is None:

@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
@@ -414,13 +415,13 @@ def create_app(
     if restored:
         logger.info("monitor window rebuilt from %d decisions of the audit trail", restored)
 
-    def route(texts: list[str], release: Release) -> list[Decision]:
+    def on_edge(texts: list[str], release: Release) -> list[Decision]:
         metrics.batch_size.observe(len(texts))
-        return release.route(texts)
+        return release.decide_on_edge(texts)
 
     batcher = (
         MicroBatcher(
-            route,
+            on_edge,
             max_texts=config.batching.max_texts,
             max_wait_s=config.batching.wait_ms / 1000,
             workers=config.batching.workers or os.cpu_count() or 1,
@@ -428,11 +429,38 @@ def create_app(
         if config.batching.max_texts
         else None
     )
+    # Cloud calls wait on threads of their own, never on the edge's: a slow cloud cannot hold an
+    # answer the edge gives alone.
+    cloud_calls = ThreadPoolExecutor(config.cloud.max_concurrency, thread_name_prefix="edgeroute-cloud")
+
+    async def escalate(router: Router, decisions: list[Decision]) -> list[Decision]:
+        """The cloud's answers to the texts that wait for it, within ``cloud.answer_within_s`` (half
+        the request's budget by default); past that the edge answers them, and the call counts
+        as a failure of the circuit."""
+        guard = breaker_of(router)
+        if guard is not None and guard.state == "open":  # not even queued behind calls that hang
+            return router.settle(decisions, None, False)
+        call = cloud_calls.submit(router.ask_cloud, router.sent_texts(decisions))
+        within = config.cloud_wait_s
+        try:
+            answers, attempted = await asyncio.wait_for(asyncio.wrap_future(call), within)
+        except TimeoutError:
+            attempted = not call.cancel()  # a call still queued is cancelled: it never reached the cloud
+            if guard is not None:
+                guard.record(False)
+            logger.warning("cloud tier: no answer within cloud.answer_within_s=%g s", within)
+            answers = None
+        return router.settle(decisions, answers, attempted)
 
     async def decide(release: Release, texts: list[str]) -> list[Decision]:
         if batcher and release.batch_independent:
-            return await batcher.submit(texts, release)
-        return await run_in_threadpool(route, texts, release)
+            decisions = await batcher.submit(texts, release)
+        else:
+            decisions = await run_in_threadpool(on_edge, texts, release)
+        router = release.escalating
+        if router is None or not router.to_cloud(decisions):
+            return decisions
+        return await escalate(router, decisions)
 
     async def answer(texts: list[str], ids: list[str]) -> list[tuple[Release, Decision]]:
         """Each text's answer, from the release its request id picks, in order."""
@@ -469,6 +497,7 @@ def create_app(
         await asyncio.gather(*tasks, return_exceptions=True)
         if batcher is not None:
             await batcher.close()
+        cloud_calls.shutdown(wait=False, cancel_futures=True)
 
     def canary() -> Canary | None:
         release = releases.canary

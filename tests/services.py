@@ -186,14 +186,15 @@ class _QuietServer(ThreadingHTTPServer):
 class CloudService:
     """A stand-in cloud-role service over real HTTP on 127.0.0.1, answering with a local model.
 
-    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer; ``reply``,
+    ``fail_next`` answers that many requests with 503; ``delay_s`` slows every answer; ``drip_s``
+    sends it one byte at a time, that many seconds apart (headers included); ``reply``,
     when set, answers instead: ``reply(texts)`` gives the status and the body. ``api_key`` makes
     it answer 401 without that ``X-API-Key``. ``headers`` keeps the headers of every request,
     names in lower case.
     """
 
     def __init__(self, cloud: LocalCloud, port: int = 0, api_key: str | None = None) -> None:
-        self.cloud, self.fail_next, self.delay_s, self.requests = cloud, 0, 0.0, 0
+        self.cloud, self.fail_next, self.delay_s, self.drip_s, self.requests = cloud, 0, 0.0, 0.0, 0
         self.reply: Callable[[list[str]], tuple[int, bytes]] | None = None
         self.headers: list[dict[str, str]] = []
         self.extra_headers: dict[str, str] = {}  # sent with every answer, e.g. a Location
@@ -215,6 +216,12 @@ class CloudService:
                 else:
                     answers = service.cloud.classify(body["texts"])
                     status, payload = 200, json.dumps({"results": [a.__dict__ for a in answers]}).encode()
+                if service.drip_s:
+                    head = f"HTTP/1.1 {status} OK\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                    for byte in head + payload:
+                        self.wfile.write(bytes([byte]))
+                        time.sleep(service.drip_s)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

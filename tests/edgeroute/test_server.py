@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from edgeroute.audit import AuditLog
+from edgeroute.bundle import load_bundle
 from edgeroute.cloud import CircuitBreaker
-from tests.services import cloud_process, edge_service, free_port, stop
+from tests.services import CloudService, cloud_process, edge_service, free_port, stop
 
 SECRET_TEXT = "my card 4111 1111 1111 1111 was charged twice, mail ben.482@example.com"
 
@@ -204,7 +206,6 @@ def test_logs_carry_request_ids_never_text(service, caplog):
 
 def _concurrently(bundle, tmp_path, messages: list[str]) -> tuple[list[dict], float, float]:
     """Answers to ``messages`` sent by 16 clients at once, the model calls made and the texts routed."""
-    from concurrent.futures import ThreadPoolExecutor
 
     running, audit = edge_service(bundle, tmp_path, None, None, "batching.max_texts=64")
     try:
@@ -278,3 +279,32 @@ def test_a_locked_audit_trail_answers_503_and_not_ready_until_it_is_free(tiny_bu
     finally:
         running.stop()
         audit.close()
+
+
+def test_a_cloud_that_drips_its_answer_holds_no_answer_and_opens_the_circuit(
+    escalating_bundle, tmp_path, tiny_prepared
+):
+    cloud = CloudService(load_bundle(escalating_bundle).router().cloud)
+    cloud.drip_s = 1.0  # one byte a second: no read ever times out, the answer never ends in time
+    breaker = CircuitBreaker(failure_threshold=3)
+    edge, audit = edge_service(escalating_bundle, tmp_path, cloud.url, breaker, "limits.timeout_s=3.0")
+    texts = tiny_prepared[1].frame("test")["text"].head(8).tolist()
+    try:
+        with httpx.Client(timeout=30) as client, ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(lambda text: client.post(f"{edge.url}/v1/classify", json={"text": text}), texts)
+            )
+        # Every escalated text answered by the edge within the budget, none held by the cloud.
+        assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+        assert {(a.json()["results"][0]["route"], a.json()["results"][0]["reason"]) for a in answers} == {
+            ("edge", "cloud_error")
+        }
+        assert httpx.get(f"{edge.url}/readyz").json()["cloud"] == "open"
+        asked = cloud.requests
+        after = httpx.post(f"{edge.url}/v1/classify", json={"text": texts[0]}, timeout=30)
+        assert after.status_code == 200 and after.json()["results"][0]["reason"] == "cloud_error"
+        assert cloud.requests == asked, "an open circuit asks the cloud nothing"
+    finally:
+        edge.stop()
+        audit.close()
+        cloud.server.server_close()
