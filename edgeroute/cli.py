@@ -384,6 +384,7 @@ def serve(
     edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
     """
     import os
+    import signal
     import socket
 
     import uvicorn
@@ -394,7 +395,7 @@ def serve(
     from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
     from edgeroute.privacy import PrivacyError
-    from edgeroute.releases import Follower, Releases, open_release
+    from edgeroute.releases import Downloads, Follower, Releases, open_release
     from edgeroute.server import create_app
     from edgeroute.trails import open_trail
 
@@ -420,6 +421,10 @@ def serve(
     except (BundleError, AuditError, PrivacyError) as exc:
         raise fail(str(exc), 2) from None
     releases = Releases(loaded["champion"], loaded.get("canary"), serving.canary_share if canary else 0.0)
+    downloads = Downloads(releases, _forget_model)
+    for slot, uri in sources.items():
+        if uri is not None and uri.startswith("models:/"):
+            downloads.own(loaded[slot], located[slot][0])
     followers = [
         Follower(
             uri,
@@ -428,7 +433,7 @@ def serve(
             refresh_s=serving.refresh_s,
             lookup=_lookup(uri),
             fetch=lambda pinned: _model_plugin(pinned).resolve_model(pinned)[0],
-            build=build,
+            build=downloads.build(build),
         )
         for slot, uri in sources.items()
         if uri is not None and uri.startswith("models:/") and "@" in uri and serving.refresh_s > 0
@@ -455,6 +460,9 @@ def serve(
         kept += f", rows named {audit_log.instance}, spooled to {trail.spool} while it is away"
     typer.echo(f"audit trail {trail.location}: {kept}")
     limits = serving.limits
+    # uvicorn stops gracefully on SIGTERM, then raises it again: stop here instead, so that the
+    # trail is closed (a spool flushed) and the downloaded versions removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
@@ -462,6 +470,7 @@ def serve(
         )  # fmt: skip
     finally:
         audit_log.close()
+        downloads.close()
 
 
 def _canary_bundle(canary: str) -> tuple[Path, str | None]:
@@ -469,6 +478,17 @@ def _canary_bundle(canary: str) -> tuple[Path, str | None]:
     return (
         resolve_bundle(None, canary) if canary.startswith("models:/") else resolve_bundle(Path(canary), None)
     )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _forget_model(path: Path) -> None:
+    """What a plugin downloaded for ``path`` removed, by the plugin that resolves model URIs."""
+    for plugin in plugins().loaded.values():
+        if plugin.forget_model is not None:
+            plugin.forget_model(path)
 
 
 def _lookup(uri: str):

@@ -33,6 +33,8 @@ class Plugin:
     commands: typer.Typer
     resolve_model: Callable[[str], tuple[Path, str | None]] | None = None
     lookup_model: Callable[[str], str] | None = None
+    # Removes what resolve_model downloaded for a bundle directory it returned.
+    forget_model: Callable[[Path], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,44 @@ class Releases:
             listener(slot, release, old)
 
 
+class Downloads:
+    """The bundle folders a plugin downloaded for the releases served: each removed (``forget``)
+    once its release is served no more, swapped out or refused, and every one at exit. A bundle
+    given as a folder is never one of them."""
+
+    def __init__(self, releases: Releases, forget: Callable[[Path], None]) -> None:
+        self.releases, self.forget = releases, forget
+        self.owned: dict[Release, Path] = {}
+        releases.listeners.append(self._installed)
+
+    def own(self, release: Release, path: Path) -> None:
+        self.owned[release] = path
+
+    def build(self, build: Callable[[Path, str], Release]) -> Callable[[Path, str], Release]:
+        """``build`` that owns the folder of what it loads, and forgets a folder it refuses."""
+
+        def owning(path: Path, version: str) -> Release:
+            try:
+                release = build(path, version)
+            except Exception:
+                self.forget(path)
+                raise
+            self.own(release, path)
+            return release
+
+        return owning
+
+    def _installed(self, slot: Slot, release: Release, old: Release | None) -> None:
+        serving = (self.releases.champion, self.releases.canary)
+        if old is not None and old not in serving and old in self.owned:
+            self.forget(self.owned.pop(old))
+
+    def close(self) -> None:
+        for path in self.owned.values():
+            self.forget(path)
+        self.owned.clear()
+
+
 class Follower:
     """Keeps ``slot`` of ``releases`` on the version the registry alias of ``uri`` points at.
 

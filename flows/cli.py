@@ -161,4 +161,9 @@ def resolve_model(uri: str) -> tuple[Path, str | None]:
         raise PluginError(str(exc)) from None
 
 
-plugin = Plugin(commands=app, resolve_model=resolve_model, lookup_model=registry.resolve_version)
+plugin = Plugin(
+    commands=app,
+    resolve_model=resolve_model,
+    lookup_model=registry.resolve_version,
+    forget_model=registry.remove_download,
+)

@@ -11,6 +11,7 @@ memory beyond the registry, and carries its model card (`model_card`) as its des
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -129,15 +130,33 @@ def version_exists(name: str, version: str) -> bool:
     return True
 
 
+DOWNLOADS = "edgeroute-model-"  # the prefix of a folder download_bundle makes
+
+
 def download_bundle(uri: str, destination: Path | None = None) -> Path:
-    """The bundle behind ``models:/<name>@<alias>`` (or ``/<version>``), downloaded and verified."""
+    """The bundle behind ``models:/<name>@<alias>`` (or ``/<version>``), downloaded and verified;
+    into a new temporary folder without ``destination`` (`remove_download` removes it)."""
     tracking.client()
-    target = destination or Path(tempfile.mkdtemp(prefix="edgeroute-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    artifacts = Model.load(local / "MLmodel").flavors["python_function"]["artifacts"]
-    bundle = local / artifacts[BUNDLE_ARTIFACT]["path"]
-    load_bundle(bundle)
+    target = destination or Path(tempfile.mkdtemp(prefix=DOWNLOADS))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        artifacts = Model.load(local / "MLmodel").flavors["python_function"]["artifacts"]
+        bundle = local / artifacts[BUNDLE_ARTIFACT]["path"]
+        load_bundle(bundle)
+    except BaseException:
+        if destination is None:  # a download that cannot be served leaves nothing behind
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return bundle
+
+
+def remove_download(bundle: Path) -> None:
+    """The temporary folder `download_bundle` made for ``bundle`` removed; any other left alone."""
+    temporary = Path(tempfile.gettempdir()).resolve()
+    for folder in bundle.resolve().parents:
+        if folder.parent == temporary and folder.name.startswith(DOWNLOADS):
+            shutil.rmtree(folder, ignore_errors=True)
+            return
 
 
 def registered_router(uri: str, cloud: CloudConfig | None = None):

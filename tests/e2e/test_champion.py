@@ -102,11 +102,13 @@ def test_the_service_follows_promotions_and_a_rollback_under_load_and_serves_a_c
     tracking.client().set_registered_model_alias(NAME, registry.CHALLENGER, "2")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    scratch = tmp_path / "tmp"  # the service's temporary folders, where it downloads versions
+    scratch.mkdir()
     service = Process(
         [EDGEROUTE, "serve", "--model", f"models:/{NAME}@champion", "--canary", f"models:/{NAME}@challenger",
          "--canary-share", "0.1", "--refresh-s", str(REFRESH_S), "--port", str(port),
          "--audit", str(tmp_path / "audit.db")],
-        os.environ.copy(), tmp_path / "serve.log",
+        os.environ | {"TMPDIR": str(scratch)}, tmp_path / "serve.log",
     )  # fmt: skip
     try:
         wait_ready(url, 120, service.popen)
@@ -129,8 +131,12 @@ def test_the_service_follows_promotions_and_a_rollback_under_load_and_serves_a_c
         assert edgeroute("promote", "3", "--name", NAME).returncode == 0
         time.sleep(4 * REFRESH_S)
         assert readiness(url)["model_version"] == f"{NAME}/1", "a version that fails to verify is not served"
+        # Only the versions served keep their download (champion 1, canary 2); 3, swapped out and
+        # then refused, and the first download of 1 are gone.
+        assert len(list(scratch.glob("edgeroute-model-*"))) == 2
     finally:
         service.stop()
+    assert not list(scratch.glob("edgeroute-model-*")), "the service removes its downloads at exit"
     log = (tmp_path / "serve.log").read_text()
     statuses = {status for status, _ in load.answers}
     assert statuses == {200}, f"failed requests during the swaps: {statuses}"
