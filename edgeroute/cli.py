@@ -466,7 +466,8 @@ def serve(
     try:
         uvicorn.run(
             app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
-            http=protocol(limits.read_timeout_s), limit_concurrency=limits.max_connections,
+            http=protocol(limits.read_timeout_s, limits.max_connections_per_client),
+            limit_concurrency=limits.max_connections,
         )  # fmt: skip
     finally:
         audit_log.close()

@@ -123,6 +123,11 @@ class LimitsConfig(Frozen):
     max_connections: int = Field(
         1000, ge=1, description="connections and requests at once; more are answered 503"
     )
+    max_connections_per_client: int = Field(
+        256, ge=1,
+        description="connections at once from one client address; more are answered 429 and closed "
+        "(behind a reverse proxy every client has the proxy's address: limit per client there)",
+    )  # fmt: skip
 
     @property
     def max_body_bytes(self) -> int:

@@ -5,12 +5,15 @@ that sends half a request line and stops holds its connection, and a file descri
 long as it likes. Here every request must arrive whole, headers and body, within
 ``read_timeout_s`` of its first byte (or of the connection, for one that sends nothing); a
 late one is answered 408 and its connection closed. The number of connections is bounded by
-uvicorn's own ``limit_concurrency`` (503 above it).
+uvicorn's own ``limit_concurrency`` (503 above it), and the connections of one client address
+by ``max_per_client``: past it a new connection is answered 429 and closed at once, so that one
+client holding idle connections, and opening new ones as they close, cannot take them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 _TIMEOUT_BODY = b'{"detail": "the request did not arrive in time"}'
 TIMEOUT_RESPONSE = (
@@ -19,14 +22,32 @@ TIMEOUT_RESPONSE = (
 )
 
 
+_BUSY_BODY = b'{"detail": "too many connections from this address"}'
+BUSY_RESPONSE = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"retry-after: 1\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
 class ReadDeadline:
-    """Mixin for a uvicorn HTTP protocol class (httptools or h11): the read deadline."""
+    """Mixin for a uvicorn HTTP protocol class (httptools or h11): the read deadline, and the
+    connections of each client address counted in ``clients`` (shared by the server's)."""
 
     read_timeout_s: float = 15.0
+    max_per_client: int = 256
+    clients: Counter[str]
     _deadline: asyncio.TimerHandle | None = None
+    _client: str | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        address = (transport.get_extra_info("peername") or ("",))[0]
+        if self.clients[address] >= self.max_per_client:
+            transport.write(BUSY_RESPONSE)
+            transport.close()
+            return
+        self._client = address
+        self.clients[address] += 1
         self._deadline = self.loop.call_later(self.read_timeout_s, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
@@ -39,6 +60,11 @@ class ReadDeadline:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self._client is not None:
+            self.clients[self._client] -= 1
+            if not self.clients[self._client]:
+                del self.clients[self._client]
+            self._client = None
         super().connection_lost(exc)
 
     def _cancel_deadline(self) -> None:
@@ -55,10 +81,12 @@ class ReadDeadline:
         self.transport.close()
 
 
-def protocol(read_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's fastest installed HTTP protocol (httptools, else h11) with the read deadline."""
+def protocol(read_timeout_s: float, max_per_client: int) -> type[asyncio.Protocol]:
+    """uvicorn's fastest installed HTTP protocol (httptools, else h11) with the read deadline
+    and at most ``max_per_client`` connections from one address."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    return type("DeadlineProtocol", (ReadDeadline, base), {"read_timeout_s": read_timeout_s})
+    settings = {"read_timeout_s": read_timeout_s, "max_per_client": max_per_client, "clients": Counter()}
+    return type("DeadlineProtocol", (ReadDeadline, base), settings)
