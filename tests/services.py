@@ -164,6 +164,21 @@ class Process:
                 self.popen.wait()
 
 
+def serve_process(bundle: Path, tmp_path: Path, *settings: str) -> tuple[Process, str]:
+    """`edgeroute serve` of ``bundle`` as an operator starts it, with ``--set`` ``settings``, once
+    it is ready; and its URL."""
+    port = free_port()
+    overrides = [option for setting in settings for option in ("--set", setting)]
+    service = Process(
+        [str(BIN / "edgeroute"), "serve", "--bundle", str(bundle), "--port", str(port),
+         "--audit", str(tmp_path / "audit.db"), *overrides],
+        os.environ.copy(), tmp_path / "serve.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process=service.popen)
+    return service, url
+
+
 def wait_until_healthy(url: str, server: Process, timeout_s: float = 120) -> None:
     """Wait for ``url``/health to answer, failing early with the log if the server exits."""
     deadline = time.monotonic() + timeout_s

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 import httpx
 
-from tests.services import BIN, Process, free_port, wait_ready
+from tests.services import serve_process
 
 BODY = b'{"text": "where is my parcel"}'
 CLASSIFY = (
@@ -21,14 +20,9 @@ def _connect(port: int, source: str) -> socket.socket:
 
 
 def test_one_address_holding_its_connections_leaves_the_others_served(tiny_bundle, tmp_path):
-    port = free_port()
-    service = Process(
-        [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--port", str(port),
-         "--audit", str(tmp_path / "audit.db"), "--set", "limits.max_connections_per_client=5"],
-        os.environ.copy(), tmp_path / "serve.log",
-    )  # fmt: skip
+    service, url = serve_process(tiny_bundle, tmp_path, "limits.max_connections_per_client=5")
+    port = int(url.rsplit(":", 1)[1])
     try:
-        wait_ready(f"http://127.0.0.1:{port}", process=service.popen)
         held = [_connect(port, "127.0.0.1") for _ in range(5)]  # idle, as an attacker holds them
         one_more = _connect(port, "127.0.0.1")
         answer = one_more.recv(4096)
@@ -42,7 +36,7 @@ def test_one_address_holding_its_connections_leaves_the_others_served(tiny_bundl
         for connection in [*held, one_more]:
             connection.close()
         # Its connections closed, the first address is served again.
-        again = httpx.post(f"http://127.0.0.1:{port}/v1/classify", json={"text": "where is my parcel"})
+        again = httpx.post(f"{url}/v1/classify", json={"text": "where is my parcel"})
         assert again.status_code == 200
     finally:
         service.stop()

@@ -116,10 +116,10 @@ class HealthService:
         self.server.server_close()
 
 
-def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp_path, monkeypatch):
+def three_versions(tmp_path, monkeypatch) -> MlflowClient:
+    """The registry run_cli's commands use, holding versions 1 to 3 of "edgeroute", 2 the champion."""
     from tasks import registry
 
-    # The registry run_cli's commands use, holding versions 1 to 3 of "edgeroute", 2 the champion.
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = MlflowClient(uri)
@@ -128,6 +128,11 @@ def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp
     for _ in range(3):
         client.create_model_version("edgeroute", source=(tmp_path / "model").as_uri())
     registry.set_champion("edgeroute", "2", "first champion")
+    return client
+
+
+def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp_path, monkeypatch):
+    client = three_versions(tmp_path, monkeypatch)
 
     def served(canary: str, labelled: int, accuracy: float) -> dict:
         return {
@@ -231,16 +236,8 @@ def test_reading_a_services_health_never_follows_a_redirect_to_another_origin(mo
 def test_promote_from_canary_judges_a_fleet_from_its_postgres_trail(tmp_path, monkeypatch, postgres_url):
     from edgeroute.config import AuditConfig
     from edgeroute.trails import open_trail
-    from tasks import registry
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    client = MlflowClient(uri)
-    client.create_registered_model("edgeroute")
-    (tmp_path / "model").mkdir()
-    for _ in range(3):
-        client.create_model_version("edgeroute", source=(tmp_path / "model").as_uri())
-    registry.set_champion("edgeroute", "2", "first champion")
+    client = three_versions(tmp_path, monkeypatch)
     # Two replicas each serve the champion (edgeroute/2) and the canary (edgeroute/3, 1 in 4).
     now = time.time()
     for replica in ("edge-1", "edge-2"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import socket
@@ -53,12 +52,11 @@ from tasks.support.synthetic import generate
 from tests.services import (
     BIN,
     CloudService,
-    Process,
     edge_service,
     free_port,
     run_cli,
     runtime_only,
-    wait_ready,
+    serve_process,
 )
 
 SECRET = "a message about order 12345 from jane@example.com"
@@ -526,15 +524,9 @@ def test_item_19_the_next_run_fails_what_a_killed_run_left_running_and_removes_i
 
 
 def test_item_1_stalled_clients_are_answered_408_and_new_ones_are_served(tiny_bundle, tmp_path):
-    port = free_port()
-    service = Process(
-        [str(BIN / "edgeroute"), "serve", "--bundle", str(tiny_bundle), "--port", str(port),
-         "--audit", str(tmp_path / "audit.db"), "--set", "limits.read_timeout_s=1"],
-        os.environ.copy(), tmp_path / "serve.log",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    service, url = serve_process(tiny_bundle, tmp_path, "limits.read_timeout_s=1")
+    port = int(url.rsplit(":", 1)[1])
     try:
-        wait_ready(url, process=service.popen)
         stalled = []
         for i in range(200):
             connection = socket.create_connection(("127.0.0.1", port), timeout=15)
