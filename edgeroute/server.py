@@ -438,7 +438,8 @@ def create_app(
         the request's budget by default); past that the edge answers them, and the call counts
         as a failure of the circuit."""
         guard = breaker_of(router)
-        if guard is not None and guard.state == "open":  # not even queued behind calls that hang
+        # No cloud, or an open circuit: not even queued behind calls that hang.
+        if router.cloud is None or (guard is not None and guard.state == "open"):
             return router.settle(decisions, None, False)
         call = cloud_calls.submit(router.ask_cloud, router.sent_texts(decisions))
         within = config.cloud_wait_s

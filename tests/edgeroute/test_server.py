@@ -307,4 +307,4 @@ def test_a_cloud_that_drips_its_answer_holds_no_answer_and_opens_the_circuit(
     finally:
         edge.stop()
         audit.close()
-        cloud.server.server_close()
+        cloud.stop()
