@@ -335,7 +335,8 @@ class AuditConfig(Frozen):
     @model_validator(mode="after")
     def _a_postgres_url(self) -> AuditConfig:
         if self.url is not None and not is_postgres(self.url):
-            raise ValueError(f"url: {self.url!r} is not a postgresql:// URL (a SQLite trail is a path)")
+            shown = redact_password(self.url)
+            raise ValueError(f"url: {shown!r} is not a postgresql:// URL (a SQLite trail is a path)")
         return self
 
     @property
