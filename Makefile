@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TF_USE_LEGACY_KERAS ?= 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo train test test-slow lint format mlflow-ui prefect-server worker deploy stack stack-down clean
+.PHONY: install demo train test test-slow test-llm lint format mlflow-ui prefect-server worker deploy stack stack-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,16 @@ train: demo
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not llm"
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+# The LLM tier against a real llama.cpp server on Gemma 3 270M: the extra builds llama.cpp from
+# source the first time (about 20 minutes on 2 cores; pip keeps the wheel).
+test-llm: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[llm-server]'
+	$(BIN)/pytest -m llm
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

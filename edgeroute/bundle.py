@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeroute import privacy
-from edgeroute.cloud import CircuitBreaker, CloudBackend, GuardedCloud, LocalCloud, remote_cloud
+from edgeroute.cloud import CircuitBreaker, CloudBackend, GuardedCloud, LocalCloud, OpenAICloud, remote_cloud
 from edgeroute.config import ServeConfig
 from edgeroute.drift import Profile
 from edgeroute.files import atomic_directory
@@ -267,7 +267,10 @@ def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreak
         return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
     privacy.configure(config.privacy)
     if config.cloud.backend != "local":
-        cloud = remote_cloud(config.cloud, bundle.labels)
+        calibrated = bundle.router_settings().calibration.get("cloud", {})  # an LLM's, when it was one
+        cloud = remote_cloud(config.cloud, bundle.labels, [tuple(e) for e in calibrated.get("examples", [])])
+        if isinstance(cloud, OpenAICloud):
+            cloud.start(calibrated)
     elif bundle.has(CLOUD_MODEL):
         cloud = LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
     else:

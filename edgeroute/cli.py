@@ -153,7 +153,7 @@ def resolve_bundle(bundle: Path | None, model: str | None) -> tuple[Path, str | 
 def open_router(bundle: Path | None, model: str | None, serving: ServeConfig):
     """The edge router of a bundle given by path or by model URI, escalating as ``serving.cloud`` says."""
     from edgeroute.bundle import BundleError, edge_cloud_router, load_bundle
-    from edgeroute.cloud import CircuitBreaker
+    from edgeroute.cloud import CircuitBreaker, CloudRefused
     from edgeroute.privacy import PrivacyError
 
     bundle, _ = resolve_bundle(bundle, model)
@@ -162,7 +162,7 @@ def open_router(bundle: Path | None, model: str | None, serving: ServeConfig):
         return edge_cloud_router(
             loaded, serving, CircuitBreaker(serving.breaker.failures, serving.breaker.reset_s)
         )
-    except (BundleError, PrivacyError) as exc:
+    except (BundleError, PrivacyError, CloudRefused) as exc:
         raise fail(str(exc), 2) from None
 
 
@@ -391,7 +391,7 @@ def serve(
 
     from edgeroute.audit import AuditError
     from edgeroute.bundle import BundleError
-    from edgeroute.cloud import CircuitBreaker
+    from edgeroute.cloud import CircuitBreaker, CloudRefused
     from edgeroute.deadline import protocol
     from edgeroute.monitor import Monitor
     from edgeroute.privacy import PrivacyError
@@ -418,7 +418,7 @@ def serve(
     try:  # each file's checksum when it is first read: only what this service loads
         loaded = {slot: build(*where, lazy=True) for slot, where in located.items() if where is not None}
         audit_log = open_trail(serving.audit, f"{socket.gethostname()}:{serving.port}")
-    except (BundleError, AuditError, PrivacyError) as exc:
+    except (BundleError, AuditError, PrivacyError, CloudRefused) as exc:
         raise fail(str(exc), 2) from None
     releases = Releases(loaded["champion"], loaded.get("canary"), serving.canary_share if canary else 0.0)
     downloads = Downloads(releases, _forget_model)

@@ -219,6 +219,9 @@ class Readiness(BaseModel):
     model_version: str = Field(description="the champion's version")
     canary: Canary | None
     cloud: str | None = Field(description="the cloud circuit's state; None without a cloud tier")
+    cloud_constraint: str | None = Field(
+        None, description="the form that keeps an LLM cloud's answers to the labels, once probed"
+    )
     audit: AuditState
 
 
@@ -667,6 +670,7 @@ def create_app(
             model_version=releases.champion.version,
             canary=canary(),
             cloud=None if breaker is None else breaker.state,
+            cloud_constraint=getattr(getattr(releases.champion.router.cloud, "backend", None), "form", None),
             audit=AuditState(**audit.state()),
         )
 

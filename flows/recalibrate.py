@@ -32,9 +32,7 @@ def recalibrate_router(
         data = prepare_data(config)
         source = fetch_bundle(model)
         router = source.router()
-        calibration = calibrate_router(
-            config, data, router.edge, cloud_tier(config, router.cloud, data.labels)
-        )
+        calibration = calibrate_router(config, data, router.edge, cloud_tier(config, router.cloud, data))
         system_gate(config, calibration)
         bundle = recalibrated_bundle(config, data, source, calibration, model)
         registered = register_model(config, bundle)

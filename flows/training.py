@@ -56,7 +56,7 @@ def training_pipeline(
         benchmarks = benchmark_models(config, data, compressed)
         decision = gate_model(config, data, compressed, benchmarks)
         edge, cloud = edge_and_cloud(decision.edge, compressed.cloud, data.labels, config.model.max_length)
-        tier = cloud_tier(config, cloud, data.labels)
+        tier = cloud_tier(config, cloud, data)
         calibration = calibrate_router(config, data, edge, tier)
         system_gate(config, calibration, decision.report)
         behaviour = (

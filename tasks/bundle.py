@@ -99,8 +99,13 @@ def bundle_model(
         lineage |= {
             f"cloud_{field}": value
             for field, value in config.cloud.model_dump(mode="json").items()
-            if field in ("backend", "url", "model", "constraint", "prompt") or field.startswith("price_")
+            if field in ("backend", "url", "model", "constraint", "prompt", "examples_per_label")
+            or field.startswith("price_")
         }
+        # The form the LLM obeyed when it was probed, rather than ``auto``.
+        lineage["cloud_constraint"] = calibration.settings.calibration.get("cloud", {}).get(
+            "constraint", config.cloud.constraint
+        )
     if student is not None:
         record = json.loads((student.path / STUDENT).read_text(encoding="utf-8"))
         lineage |= {

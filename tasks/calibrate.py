@@ -17,12 +17,18 @@ thresholds are tested from the most cautious down and the search stops at the fi
 rejected at level ``delta``. With probability at least ``1 - delta`` over the calibration split,
 the chosen threshold's risk is within the tolerance. ``edge_accuracy`` bounds the edge-answered
 accuracy of every grid threshold at once (Clopper-Pearson at ``delta / len(grid)``, Bonferroni).
+
+An LLM cloud is calibrated too: the temperature of its label distribution (`edgeroute.labelprob`)
+is fitted on the same split, and router.json keeps it with the model, the constraint form the
+server obeys and the few-shot examples it was shown, so that a service asking that model answers
+with the same confidence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import chain, zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +36,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from edgeroute.cloud import CloudBackend, LocalCloud, remote_cloud
+from edgeroute.cloud import CloudBackend, LocalCloud, OpenAICloud, Prediction, remote_cloud
 from edgeroute.model import OnnxClassifier, load_tokenizer, softmax
 from edgeroute.privacy import mask
 from edgeroute.router import (
@@ -208,15 +214,66 @@ class Calibration:
     router_json: Path
 
 
-def cloud_labels(cloud: CloudBackend, texts: Sequence[str]) -> list[str | None]:
-    """The cloud model's label for each text, seen masked as in production; None where it failed
+def cloud_answers(cloud: CloudBackend, texts: Sequence[str]) -> list[Prediction | None]:
+    """The cloud model's answer to each text, seen masked as in production; None where it failed
     on the text (an LLM's refusal)."""
-    return [a.label if a is not None else None for a in cloud.classify([mask(t) for t in texts])]
+    return cloud.classify([mask(t) for t in texts])
+
+
+def cloud_labels(cloud: CloudBackend, texts: Sequence[str]) -> list[str | None]:
+    """The cloud model's label for each text (None where it failed on it)."""
+    return [a.label if a is not None else None for a in cloud_answers(cloud, texts)]
 
 
 def cloud_correct(cloud: CloudBackend, texts: list[str], labels: list[str]) -> np.ndarray:
     """Whether the cloud model is right on each text; a refusal counts as wrong."""
-    return np.array([a == y for a, y in zip(cloud_labels(cloud, texts), labels, strict=True)])
+    return right(cloud_answers(cloud, texts), labels)
+
+
+def right(answers: Sequence[Prediction | None], labels: Sequence[str]) -> np.ndarray:
+    return np.array([a is not None and a.label == y for a, y in zip(answers, labels, strict=True)])
+
+
+def llm_calibration(cloud: CloudBackend, answers: Sequence[Prediction | None], labels: Sequence[str]) -> dict:
+    """What router.json keeps of an LLM cloud (nothing of another): its model, the constraint form
+    it obeyed, its few-shot examples and, where its answers gave a distribution over the labels,
+    the temperature that minimises the negative log-likelihood of the true labels, with the
+    expected calibration error of its confidence before and after."""
+    if not isinstance(cloud, OpenAICloud):
+        return {}
+    examples = [list(example) for example in cloud.examples]
+    record = {"model": cloud.config.model, "constraint": cloud.form, "examples": examples}
+    pairs = zip(answers, labels, strict=True)
+    scored = [(a.scores, y) for a, y in pairs if a is not None and a.scores and len(a.scores) > 1]
+    if not scored:
+        return record
+    # Log-masses as logits; a label no alternative showed has none (as `labelprob.confidence` reads it).
+    logits = np.array([[scores.get(label, -1e4) for label in cloud.labels] for scores, _ in scored])
+    truth = np.array([cloud.labels.index(y) for _, y in scored])
+    temperature = fit_temperature(logits, truth)
+    return record | {
+        "temperature": temperature,
+        "scored_answers": len(scored),
+        "ece_before": expected_calibration_error(softmax(logits), truth),
+        "ece_after": expected_calibration_error(softmax(logits, temperature), truth),
+    }
+
+
+def few_shot_examples(config: PipelineConfig, data: PreparedData) -> list[tuple[str, str]]:
+    """``cloud.examples_per_label`` training messages a label, masked, drawn with the pipeline's
+    seed, one of each label in turn (the last shown is not always the same label)."""
+    per_label = config.cloud.examples_per_label
+    if config.cloud.backend != "openai" or not per_label:
+        return []
+    train = data.frame("train")
+    drawn = [
+        list(zip(group["text"], group["label"], strict=True))
+        for _, group in train.groupby("label", sort=True)
+        .sample(frac=1.0, random_state=config.seed)
+        .groupby("label", sort=True)
+    ]
+    rounds = zip_longest(*(examples[:per_label] for examples in drawn))
+    return [(mask(text), label) for text, label in chain.from_iterable(rounds) if text is not None]
 
 
 def calibrate(
@@ -236,7 +293,9 @@ def calibrate(
     )
     features = compute_features(texts, logits, tokens, settings)
     edge_correct = features.label == truth
-    cloud_right = cloud_correct(cloud, texts, labels)
+    answers = cloud_answers(cloud, texts)
+    cloud_right = right(answers, labels)
+    llm = llm_calibration(cloud, answers, labels)
     curve = sweep(features, edge_correct, cloud_right, settings, config)
     chosen, met = choose(curve, config)
     target = {"target": config.target} | {
@@ -247,7 +306,9 @@ def calibrate(
     settings = replace(
         settings,
         min_confidence=float(chosen["min_confidence"]),
-        calibration=target | {"target_met": met, "calibration_rows": len(texts)},
+        calibration=target
+        | {"target_met": met, "calibration_rows": len(texts)}
+        | ({"cloud": llm} if llm else {}),
     )
     metrics = {
         "temperature": temperature,
@@ -259,6 +320,8 @@ def calibrate(
         "target_met": float(met),
     } | {f"calibration_{k}": float(chosen[k]) for k in CURVE_COLUMNS if k != "min_confidence"}
     metrics["calibration_cloud_only_accuracy"] = float(cloud_right.mean())
+    fitted = ("temperature", "ece_before", "ece_after")
+    metrics |= {f"cloud_{k}": float(v) for k, v in llm.items() if k in fitted}
     directory.mkdir(parents=True, exist_ok=True)
     router_json = directory / "router.json"
     router_json.write_text(settings.to_json(), encoding="utf-8")
@@ -292,10 +355,13 @@ def edge_and_cloud(
     )
 
 
-def cloud_tier(config: PipelineConfig, local: CloudBackend, labels: list[str]) -> CloudBackend:
+def cloud_tier(config: PipelineConfig, local: CloudBackend, data: PreparedData) -> CloudBackend:
     """The cloud the router is calibrated against: the bundle's FP32 model (``local``), or the
-    ``cloud`` section's remote backend, as in production, its answers cached on disk."""
-    return local if config.cloud.backend == "local" else remote_cloud(config.cloud_cached, labels)
+    ``cloud`` section's remote backend, as in production, its answers cached on disk (an LLM's
+    prompt with its few-shot examples from the training split)."""
+    if config.cloud.backend == "local":
+        return local
+    return remote_cloud(config.cloud_cached, data.labels, few_shot_examples(config, data))
 
 
 @task(name="calibrate-router", cache_policy=NO_CACHE)

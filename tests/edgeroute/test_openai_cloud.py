@@ -15,7 +15,7 @@ from edgeroute.bundle import edge_cloud_router, load_bundle
 from edgeroute.cloud import CircuitBreaker
 from edgeroute.config import load_serve_config
 from edgeroute.router import CLOUD_ERROR
-from tests.services import BIN, OpenAIStandIn, edge_service, run_cli
+from tests.services import BIN, OpenAIStandIn, constraint_form, edge_service, message_of, run_cli
 
 LABELS = ["negative", "neutral", "positive"]
 PRICES = ["cloud.price_per_1k_input_tokens=0.5", "cloud.price_per_1k_output_tokens=1.5"]
@@ -45,7 +45,7 @@ def test_the_llm_answers_escalations_with_its_label_confidence_and_token_cost(es
     assert [d.route for d in decisions] == ["cloud"] * 3
     assert [d.label for d in decisions] == ["negative", "positive", "neutral"]
     assert all(d.confidence == pytest.approx(0.8) for d in decisions)
-    tokens = {prompt.rsplit("Message: ", 1)[-1]: len(prompt.split()) for prompt in llm.texts()}
+    tokens = {message_of(prompt): len(prompt.split()) for prompt in llm.texts()}
     for decision, text in zip(decisions, texts, strict=True):  # the calls ran at once, in any order
         assert decision.cost == pytest.approx(
             router.settings.costs.edge + (tokens[text] * 0.5 + 5 * 1.5) / 1000
@@ -66,10 +66,31 @@ def test_unpriced_calls_cost_the_routers_cloud_cost(escalating_bundle, llm):
 
 
 def test_guided_choice_is_vllms_form_of_the_constraint(escalating_bundle, llm):
+    llm.obeys = {"guided_choice"}
     (decision,) = routed(escalating_bundle, llm, "cloud.constraint=guided_choice").route(["I am angry"])
     body = llm.requests[0]["body"]
     assert body["guided_choice"] == LABELS and "response_format" not in body
     assert decision.label == "negative" and decision.route == "cloud"
+    assert decision.confidence == pytest.approx(0.8)
+
+
+def test_auto_finds_the_form_a_server_obeys_with_one_probe(escalating_bundle, llm):
+    llm.obeys = {"structured_outputs", "guided_choice"}  # vLLM: OpenAI's json_schema form unknown
+    router = routed(escalating_bundle, llm)
+    assert router.cloud.backend.form == "structured_outputs"
+    probed = [constraint_form(p["body"]) for p in llm.probes]
+    assert probed == ["json_schema", "json_object", "structured_outputs"]
+    router.route(["I am angry", "thanks a lot"])
+    assert len(llm.probes) == 3
+    assert all(r["body"]["structured_outputs"]["choice"] == LABELS for r in llm.requests)
+
+
+def test_a_server_that_obeys_no_form_asked_is_refused_at_start_naming_its_answers(escalating_bundle, llm):
+    from edgeroute.cloud import CloudRefused
+
+    with pytest.raises(CloudRefused, match=r"cloud\.constraint guided_choice: .* answered 400"):
+        routed(escalating_bundle, llm, "cloud.constraint=guided_choice")
+    assert llm.requests == []
 
 
 def test_without_logprobs_the_answer_has_no_confidence_and_is_final(escalating_bundle, llm, tmp_path):
@@ -266,12 +287,35 @@ def test_the_openai_backend_needs_a_model_and_says_so(escalating_bundle, tmp_pat
     assert "cloud.backend openai needs cloud.model" in result.stderr
 
 
-def test_confidence_is_the_probability_of_the_answers_tokens():
-    from edgeroute.cloud import _confidence
+def test_confidence_is_the_labels_probability_not_the_forced_json_around_it():
+    from edgeroute.labelprob import confidence, label_scores
 
-    assert _confidence({"content": [{"logprob": 0.0}, {"logprob": math.log(0.25)}]}) == pytest.approx(0.25)
-    assert _confidence(None) is None and _confidence({"content": []}) is None
-    assert _confidence({"content": [{"logprob": float("nan")}]}) is None
+    def token(text: str, logprob: float, *top: tuple[str, float]) -> dict:
+        alternatives = [{"token": t, "logprob": lp} for t, lp in top]
+        return {"token": text, "logprob": logprob, "top_logprobs": alternatives}
+
+    content = '{"label": "negative"}'
+    forced = [token('{"', -8.1), token("label", -0.1), token('": "', -19.1)]
+    answered = {"content": [*forced, token("neg", math.log(0.5)), token("ative", -0.01), token('"}', -13.7)]}
+    scores = label_scores(answered, content, "negative", LABELS, json_form=True)
+    assert confidence(scores, "negative") == pytest.approx(math.exp(math.log(0.5) - 0.01))  # no alternatives
+    alternatives = [("neg", math.log(0.5)), ("neut", math.log(0.3)), ("pos", math.log(0.1)), ("Hello", -1.0)]
+    answered["content"][3] = token("neg", math.log(0.5), *alternatives)
+    scores = label_scores(answered, content, "negative", LABELS, json_form=True)
+    negative = 0.5 * math.exp(-0.01)
+    assert confidence(scores, "negative") == pytest.approx(negative / (negative + 0.3 + 0.1))
+    assert confidence(scores, "negative", temperature=1e6) == pytest.approx(1 / 3, abs=1e-3)
+    # Labels that share a first token are told apart where they part.
+    shared = ["card_arrival", "card_linking", "cash"]
+    content = '{"label": "card_arrival"}'
+    answered = {"content": [token('{"label": "', -20.0), token("card", math.log(0.9), ("cash", -3.0)),
+                            token("_", 0.0), token("arr", math.log(0.6), ("link", math.log(0.4))),
+                            token("ival", 0.0), token('"}', -9.0)]}  # fmt: skip
+    scores = label_scores(answered, content, "card_arrival", shared, json_form=True)
+    assert confidence(scores, "card_arrival") == pytest.approx(0.9 * 0.6 / (0.9 + math.exp(-3.0)))
+    assert label_scores(None, content, "card_arrival", shared, True) is None
+    assert label_scores({"content": [token("x", float("nan"))]}, "x", "x", ["x"], False) is None
+    assert label_scores(answered, '{"label": "cash"}', "cash", shared, True) is None  # tokens spell another
 
 
 def test_an_audit_trail_from_before_keeps_its_rows_and_takes_answers_without_confidence(tmp_path):

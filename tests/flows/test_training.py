@@ -346,14 +346,14 @@ def test_an_llm_labels_the_data_and_calibrates_the_router_paying_once_a_text(
         f"work_dir={tmp_path / 'work'}", f"data.path={unlabelled}", "data.label_with_cloud=true",
         "data.labels=[negative, neutral, positive]", "cloud.backend=openai", f"cloud.url={llm.url}",
         "cloud.model=stand-in-7b", "cloud.price_per_1k_input_tokens=0.5",
-        "cloud.price_per_1k_output_tokens=1.5",
+        "cloud.price_per_1k_output_tokens=1.5", "cloud.examples_per_label=1",
     ]  # fmt: skip
     try:
         result = training_pipeline(preset="tiny", overrides=overrides)
         asked = llm.texts()
-        # One request a distinct masked message: each message once, to label it (calibration and
-        # the test split asked the same of the same texts, and were answered from the cache),
-        # then each new text of the behavioural checks once. Nothing unmasked left.
+        # One request a distinct prompt: each message once, zero-shot, to label it, then once with
+        # the few-shot examples for calibration and the test split (the test split's answered
+        # from the cache), then each new text of the behavioural checks once. Nothing unmasked.
         labelled = {mask(text) for text in texts}
         assert len(set(asked)) == len(asked) > len(labelled)
         prompts = "\n".join(asked)
@@ -376,6 +376,17 @@ def test_an_llm_labels_the_data_and_calibrates_the_router_paying_once_a_text(
         )[0]
         # The router was calibrated against the LLM, whose own labels the data carries.
         assert calibrate.data.metrics["calibration_cloud_only_accuracy"] == 1.0
+        # Its label distribution's temperature was fitted there, and router.json keeps it with the
+        # form the LLM obeyed and the few-shot examples it was shown: masked training messages.
+        assert lineage["cloud_constraint"] == "json_schema" and lineage["cloud_examples_per_label"] == 1
+        record = bundle.router_settings().calibration["cloud"]
+        assert record["model"] == "stand-in-7b" and record["constraint"] == "json_schema"
+        assert sorted(label for _, label in record["examples"]) == ["negative", "neutral", "positive"]
+        shown = [f"Example:\n<message>\n{text}\n</message>\nLabel: {y}" for text, y in record["examples"]]
+        assert any(all(example in prompt for example in shown) for prompt in asked)
+        assert record["temperature"] > 0 and record["scored_answers"] > 0
+        assert calibrate.data.metrics["cloud_temperature"] == pytest.approx(record["temperature"])
+        assert {"cloud_ece_before", "cloud_ece_after"} <= set(calibrate.data.metrics)
 
     finally:
         llm.stop()
