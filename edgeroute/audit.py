@@ -4,6 +4,15 @@ SQLite (WAL) with two tables, ``decisions`` and ``feedback``; triggers refuse an
 DELETE, so a row once written stays as written. The one exception is `AuditLog.purge`, which
 removes the rows past their retention in a single transaction of its own.
 
+Triggers stop a mistake, not someone who can write the file: they can be dropped. So each row
+also carries ``chain``, the HMAC (audit key) of its values and of the previous row's chain, in
+write order, one chain a table (`verify`). A row edited, inserted or removed in the middle
+breaks the chain from there on; without the key no one can mend it. The trail is verified when
+it is opened and by ``edgeroute audit verify``. Retention (`AuditLog.purge`), which holds the
+key, chains the rows it keeps anew. What the chain cannot show is rows cut from the end; a
+database deleted while its key file stays is refused at open. The chain protects as far as the
+key does: a key file beside the database is readable by whoever can write the database.
+
 A text is recorded as a keyed hash (HMAC-SHA256), so the same message can be matched across
 requests, and by its length. The key comes from ``EDGEROUTE_AUDIT_KEY`` or from a key file
 beside the database, created with owner-only permissions on first use. With
@@ -18,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
@@ -92,6 +102,11 @@ NO_TEXT_KEPT = (
     "this trail was kept with audit.keep_text=none, so it holds a keyed hash of each text and never "
     "the text: there is nothing to learn from. Serve with audit.keep_text=masked to keep the masked texts"
 )
+# Each table's chained values, in order; a row's chain is HMAC(key, previous chain + its values).
+CHAINED = {
+    "decisions": (*_COLUMNS, *TRAINING_COLUMNS),
+    "feedback": ("request_id", "time", "true_label"),
+}
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action} ON {table}
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
@@ -114,11 +129,15 @@ class FeedbackConflict(ValueError):
         self.recorded = recorded
 
 
+def key_path(database: Path) -> Path:
+    return database.with_suffix(database.suffix + ".key")
+
+
 def audit_key(database: Path) -> bytes:
     """The HMAC key: ``EDGEROUTE_AUDIT_KEY``, else ``<database>.key`` (made on first use, mode 600)."""
     if os.environ.get(KEY_ENV):
         return os.environ[KEY_ENV].encode()
-    path = database.with_suffix(database.suffix + ".key")
+    path = key_path(database)
     if not path.exists():
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
@@ -170,10 +189,49 @@ class Trail:
         ]  # fmt: skip
 
 
+def chained(key: bytes, previous: str, values: Iterable) -> str:
+    """A row's chain: the HMAC of the previous row's chain and of the row's values."""
+    return hmac.new(key, (previous + json.dumps(list(values))).encode(), hashlib.sha256).hexdigest()
+
+
+def verify(db: sqlite3.Connection, key: bytes, source: object) -> dict[str, int]:
+    """Recompute each table's chain in write order; `AuditError` naming the first row whose chain
+    does not follow. Returns the rows verified a table, and those written before the trail was
+    chained (``unchained_<table>``: oldest first, never after a chained row)."""
+    counts = {}
+    for table in CHAINED:
+        previous, verified, unchained = "", 0, 0
+        for rowid, values, chain in _chained_rows(db, table):
+            where = f"{source}: {table} row {rowid} (request_id {values[0]!r})"
+            if chain is None:
+                if previous:
+                    raise AuditError(f"{where} has no chain after chained rows: the trail was altered")
+                unchained += 1
+                continue
+            if chained(key, previous, values) != chain:
+                raise AuditError(f"{where} does not follow the row before it: the trail was altered")
+            previous, verified = chain, verified + 1
+        counts |= {table: verified, f"unchained_{table}": unchained}
+    return counts
+
+
+def _chained_rows(db: sqlite3.Connection, table: str) -> Iterator[tuple[int, tuple, str | None]]:
+    """Each row of ``table`` in write order: its rowid, its chained values and its chain."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    selected = ", ".join(c if c in present else "NULL" for c in (*CHAINED[table], "chain"))
+    for row in db.execute(f"SELECT rowid, {selected} FROM {table} ORDER BY rowid"):
+        yield row[0], row[1:-1], row[-1]
+
+
 class AuditLog(Trail):
     """Append-only SQLite record of decisions and feedback; safe to share between threads."""
 
     def __init__(self, database: Path, keep_text: KeepText = "none") -> None:
+        if not database.exists() and key_path(database).exists():
+            raise AuditError(
+                f"{database}: the audit trail is gone but its key file {key_path(database)} is there: "
+                "restore the database, or remove the key file to start a new trail"
+            )
         database.parent.mkdir(parents=True, exist_ok=True)
         self.path = database
         super().__init__(audit_key(database), keep_text)
@@ -191,7 +249,16 @@ class AuditLog(Trail):
         for column, kind in added.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
+        for table in CHAINED:
+            if "chain" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN chain TEXT")
         self._append_only()
+        self.verified = verify(self._db, self._key, database)
+
+    def _head(self, table: str) -> str:
+        """The last chain of ``table`` (inside the write's transaction), "" for the first row."""
+        row = self._db.execute(f"SELECT chain FROM {table} ORDER BY rowid DESC LIMIT 1").fetchone()
+        return row[0] if row and row[0] is not None else ""
 
     def _append_only(self) -> None:
         for table in ("decisions", "feedback"):
@@ -217,31 +284,47 @@ class AuditLog(Trail):
         self._db.execute("PRAGMA foreign_keys=ON")
 
     def record(self, rows: Iterable[dict]) -> None:
-        """Decisions, as `Trail.values` reads them."""
+        """Decisions, as `Trail.values` reads them, each chained to the one before."""
         values = self.values(rows)
-        columns = self.columns
+        columns = (*self.columns, "chain")
         insert = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        with self._lock, self._available():
-            self._db.executemany(insert, values)
+        width = len(CHAINED["decisions"])
+        with self._lock, self._available(), self._transaction():
+            chain = self._head("decisions")
+            for row in values:
+                chain = chained(self._key, chain, (*row, *(None,) * (width - len(row))))
+                self._db.execute(insert, (*row, chain))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One writer from reading the chain's head to the last insert (another process too)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def purge(self, before: float) -> int:
         """Remove the decisions older than ``before`` (seconds since the epoch) and their
-        feedback; return how many decisions went. The one path that deletes: in one transaction
-        the triggers are lifted, the old rows deleted and the triggers put back, so no other
-        writer ever sees the trail without them."""
+        feedback; return how many decisions went. The one path that deletes or updates: in one
+        transaction the triggers are lifted, the old rows deleted, the rows kept chained anew from
+        the first (the key's holder may), and the triggers put back, so no other writer ever sees
+        the trail without them."""
         old = "SELECT request_id FROM decisions WHERE time < ?"
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("decisions", "feedback"):
-                    self._db.execute(f"DROP TRIGGER {table}_no_DELETE")
-                self._db.execute(f"DELETE FROM feedback WHERE request_id IN ({old})", (before,))
-                removed = self._db.execute("DELETE FROM decisions WHERE time < ?", (before,)).rowcount
-                self._append_only()
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction():
+            for table in CHAINED:
+                for action in ("UPDATE", "DELETE"):
+                    self._db.execute(f"DROP TRIGGER {table}_no_{action}")
+            self._db.execute(f"DELETE FROM feedback WHERE request_id IN ({old})", (before,))
+            removed = self._db.execute("DELETE FROM decisions WHERE time < ?", (before,)).rowcount
+            for table in CHAINED:
+                chain = ""
+                for rowid, values, _ in list(_chained_rows(self._db, table)):
+                    chain = chained(self._key, chain, values)
+                    self._db.execute(f"UPDATE {table} SET chain = ? WHERE rowid = ?", (chain, rowid))
+            self._append_only()
         return removed
 
     @contextlib.contextmanager
@@ -258,19 +341,17 @@ class AuditLog(Trail):
     def feedback(self, request_id: str, true_label: str) -> bool:
         """Record the true label of a request, once: True when recorded, False when the same label
         was already there. A different label for the same request raises `FeedbackConflict`."""
-        with self._lock, self._available():
-            self._db.execute("BEGIN IMMEDIATE")  # one writer between the check and the insert
-            try:
-                row = self._db.execute(
-                    "SELECT true_label FROM feedback WHERE request_id = ? ORDER BY id LIMIT 1", (request_id,)
-                ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO feedback (request_id, time, true_label) VALUES (?, ?, ?)",
-                        (request_id, time.time(), true_label),
-                    )
-            finally:
-                self._db.execute("COMMIT")
+        with self._lock, self._available(), self._transaction():  # one writer from check to insert
+            row = self._db.execute(
+                "SELECT true_label FROM feedback WHERE request_id = ? ORDER BY id LIMIT 1", (request_id,)
+            ).fetchone()
+            if row is None:
+                values = (request_id, time.time(), true_label)
+                chain = chained(self._key, self._head("feedback"), values)
+                self._db.execute(
+                    "INSERT INTO feedback (request_id, time, true_label, chain) VALUES (?, ?, ?, ?)",
+                    (*values, chain),
+                )
         if row is not None and row[0] != true_label:
             raise FeedbackConflict(request_id, row[0])
         return row is None
@@ -315,6 +396,17 @@ def _reading(database: Path) -> Iterator[sqlite3.Connection]:
 def _rows(cursor: sqlite3.Cursor) -> list[dict]:
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def verify_trail(database: Path) -> dict[str, int]:
+    """`verify` a SQLite trail, read-only, with its key (``EDGEROUTE_AUDIT_KEY`` or its key file,
+    never made here)."""
+    if not os.environ.get(KEY_ENV) and not key_path(database).is_file():
+        missing = key_path(database)
+        raise AuditError(f"{database}: no key to verify it with: set {KEY_ENV} or restore {missing}")
+    key = audit_key(database)
+    with _reading(database) as db:
+        return verify(db, key, database)
 
 
 def training_rows(database: Path, since: float | None = None) -> list[dict]:

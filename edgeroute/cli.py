@@ -501,10 +501,27 @@ def _lookup(uri: str):
 
 
 audit_app = typer.Typer(
-    help="The audit trail: move a box's SQLite trail to a fleet's Postgres; a fleet's health.",
+    help="The audit trail: verify a box's SQLite trail, move it to a fleet's Postgres; a fleet's health.",
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command()
+def verify(database: Annotated[Path, typer.Argument(help="The SQLite trail of one box.")]) -> None:
+    """Check that no row of a SQLite trail was edited, inserted or removed since it was written:
+    each row's chained HMAC must follow from the row before (exit 1 naming the first that does not)."""
+    from edgeroute.audit import AuditError, verify_trail
+
+    try:
+        counts = verify_trail(database)
+    except AuditError as exc:
+        raise fail(str(exc), 1) from None
+    older = counts["unchained_decisions"] + counts["unchained_feedback"]
+    typer.echo(
+        f"{database}: {counts['decisions']} decisions and {counts['feedback']} feedback labels verified"
+        + (f"; {older} rows from before the trail was chained, not verifiable" if older else "")
+    )
 
 
 @audit_app.command()

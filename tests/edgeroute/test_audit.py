@@ -8,12 +8,12 @@ import time
 import httpx
 import pytest
 
-from edgeroute.audit import TRAINING_COLUMNS, AuditError, AuditLog, training_rows
-from tests.services import edge_service
+from edgeroute.audit import _SCHEMA, TRAINING_COLUMNS, AuditError, AuditLog, training_rows, verify_trail
+from tests.services import BIN, edge_service, run_cli
 
 SECRET_TEXT = "my card 4111 1111 1111 1111 was charged twice, mail ben.482@example.com"
 # The decisions table of a trail kept with keep_text "none", column by column, as it was before
-# text could be kept: such a trail must not change.
+# text could be kept: such a trail must not change (the SQLite trail adds its chain, a MAC).
 NONE_COLUMNS = [
     "request_id", "time", "model_version", "route", "reason", "label", "confidence", "complexity",
     "cost", "text_hash", "latency_ms", "text_chars", "unfamiliar_share", "edge_confidence", "edge_label",
@@ -43,7 +43,7 @@ def test_keep_text_none_leaves_the_trail_as_it_was_and_holds_no_text(tmp_path):
     trail.record([_decision("a", time.time(), SECRET_TEXT)])
     trail.close()
     with sqlite3.connect(database) as db:
-        assert [row[1] for row in db.execute("PRAGMA table_info(decisions)")] == NONE_COLUMNS
+        assert [row[1] for row in db.execute("PRAGMA table_info(decisions)")] == [*NONE_COLUMNS, "chain"]
     assert b"4111" not in _stored_bytes(tmp_path) and b"charged twice" not in _stored_bytes(tmp_path)
     with pytest.raises(AuditError, match=r"kept with audit.keep_text=none.*keep_text=masked"):
         training_rows(database)
@@ -105,6 +105,84 @@ def test_the_purge_removes_old_rows_and_their_feedback_and_nothing_else_can(tmp_
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 db.execute(statement)
     assert trail.purge(now - 86400) == 0
+    trail.close()
+    counts = verify_trail(database)  # the rows kept, chained anew
+    assert counts == {"decisions": 1, "unchained_decisions": 0, "feedback": 1, "unchained_feedback": 0}
+
+
+def _three_decisions_and_their_feedback(database) -> None:
+    trail = AuditLog(database)
+    now = time.time()
+    trail.record([_decision("a", now), _decision("b", now + 1)])
+    trail.record([_decision("c", now + 2)])
+    for request_id in ("a", "b", "c"):
+        trail.feedback(request_id, "neutral")
+    trail.close()
+
+
+def _behind_the_triggers(database, *statements: str) -> None:
+    """What someone who can write the file can do: drop the triggers and change the rows."""
+    with sqlite3.connect(database) as db:
+        for table in ("decisions", "feedback"):
+            for action in ("UPDATE", "DELETE"):
+                db.execute(f"DROP TRIGGER {table}_no_{action}")
+        for statement in statements:
+            db.execute(statement)
+
+
+@pytest.mark.parametrize(
+    ("statements", "named"),
+    [
+        (["UPDATE decisions SET label = 'positive' WHERE request_id = 'b'"],
+         "decisions row 2 (request_id 'b')"),
+        (["DELETE FROM decisions WHERE request_id = 'b'", "DELETE FROM feedback WHERE request_id = 'b'"],
+         "decisions row 3 (request_id 'c')"),
+        (["UPDATE feedback SET true_label = 'negative' WHERE request_id = 'c'"],
+         "feedback row 3 (request_id 'c')"),
+        (["UPDATE decisions SET chain = NULL WHERE request_id = 'c'"],
+         "decisions row 3 (request_id 'c') has no chain"),
+    ],
+    ids=["edited", "removed", "feedback-edited", "chain-removed"],
+)  # fmt: skip
+def test_a_row_altered_behind_the_triggers_is_named_at_open_and_by_audit_verify(tmp_path, statements, named):
+    database = tmp_path / "audit.db"
+    _three_decisions_and_their_feedback(database)
+    assert verify_trail(database)["decisions"] == 3
+    _behind_the_triggers(database, *statements)
+    with pytest.raises(AuditError, match="the trail was altered") as refused:
+        AuditLog(database)
+    assert named in str(refused.value)
+    result = run_cli([str(BIN / "edgeroute"), "audit", "verify", str(database)], tmp_path)
+    assert result.returncode == 1 and named in result.stderr
+
+
+def test_a_trail_from_before_the_chain_is_kept_and_chained_from_then_on(tmp_path):
+    database = tmp_path / "audit.db"
+    with sqlite3.connect(database) as old:  # the schema of the last release, without a chain
+        old.executescript(_SCHEMA)
+        old.execute(
+            "INSERT INTO decisions (request_id, time, model_version, route, reason, label, confidence, "
+            "complexity, cost, text_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("r0", 1.0, "m/1", "edge", "confident", "neutral", 0.9, 0.1, 0.001, "h"),
+        )
+    trail = AuditLog(database)
+    trail.record([_decision("r1", time.time())])
+    trail.close()
+    result = run_cli([str(BIN / "edgeroute"), "audit", "verify", str(database)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "1 decisions and 0 feedback labels verified" in result.stdout
+    assert "1 rows from before the trail was chained" in result.stdout
+
+
+def test_a_deleted_trail_whose_key_file_remains_is_refused_not_started_anew(tmp_path):
+    database = tmp_path / "audit.db"
+    _three_decisions_and_their_feedback(database)
+    for path in tmp_path.glob("audit.db*"):
+        if not path.name.endswith(".key"):
+            path.unlink()
+    with pytest.raises(AuditError, match="the audit trail is gone but its key file"):
+        AuditLog(database)
+    assert not database.exists()
 
 
 def test_the_service_purges_rows_past_retention_at_start(tiny_bundle, tmp_path):
