@@ -38,13 +38,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_ready(url: str, timeout_s: float = 60, process: subprocess.Popen | None = None) -> None:
+def wait_ready(
+    url: str, timeout_s: float = 60, process: subprocess.Popen | None = None, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the service exited with {process.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.1)
@@ -415,17 +417,11 @@ class LlamaServer(Process):
                 LLAMA_MODEL, "--chat_format", "gemma", "--n_ctx", "4096", "--n_threads", str(os.cpu_count()),
                 "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
         super().__init__(args, dict(os.environ), log)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"the llama.cpp server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"the llama.cpp server at {self.url} did not answer in 120 s")
+        try:
+            wait_ready(self.url, 120, self.popen, path="/models")
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise RuntimeError(f"the llama.cpp server did not start: {log.read_text()[-2000:]}") from None
 
 
 RECORDED = ROOT / "tests" / "fixtures" / "llamacpp" / "responses.json"
