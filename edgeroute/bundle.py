@@ -19,7 +19,7 @@ from typing import Any
 
 from edgeroute import privacy
 from edgeroute.cloud import CircuitBreaker, CloudBackend, GuardedCloud, LocalCloud, OpenAICloud, remote_cloud
-from edgeroute.config import ServeConfig
+from edgeroute.config import CloudConfig, ServeConfig
 from edgeroute.drift import Profile
 from edgeroute.files import atomic_directory
 from edgeroute.model import OnnxClassifier, load_tokenizer
@@ -197,6 +197,16 @@ class Bundle:
         edge = self.classifier(EDGE_MODEL, threads=threads, batch_size=batch_size)
         return Router(edge, cloud, self.router_settings())
 
+    def remote_cloud(self, config: CloudConfig) -> CloudBackend:
+        """``config``'s remote backend for this bundle's labels; an LLM is shown the few-shot
+        examples the router was calibrated with, takes its fitted temperature and is probed
+        (`CloudRefused` when it obeys no constraint form)."""
+        calibrated = self.router_settings().calibration.get("cloud", {})  # an LLM's, when it was one
+        cloud = remote_cloud(config, self.labels, [tuple(e) for e in calibrated.get("examples", [])])
+        if isinstance(cloud, OpenAICloud):
+            cloud.start(calibrated)
+        return cloud
+
 
 def _refuse_escape(root: Path, name: str, inside: Path) -> None:
     """Refuse a manifest entry that is absolute, climbs with ``..`` or resolves outside ``root``."""
@@ -267,10 +277,7 @@ def edge_cloud_router(bundle: Bundle, config: ServeConfig, breaker: CircuitBreak
         return bundle.router(LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads)), threads=threads)
     privacy.configure(config.privacy)
     if config.cloud.backend != "local":
-        calibrated = bundle.router_settings().calibration.get("cloud", {})  # an LLM's, when it was one
-        cloud = remote_cloud(config.cloud, bundle.labels, [tuple(e) for e in calibrated.get("examples", [])])
-        if isinstance(cloud, OpenAICloud):
-            cloud.start(calibrated)
+        cloud = bundle.remote_cloud(config.cloud)
     elif bundle.has(CLOUD_MODEL):
         cloud = LocalCloud(bundle.classifier(CLOUD_MODEL, threads=threads))
     else:

@@ -25,7 +25,6 @@ from mlflow.models import Model, infer_signature
 from prefect import task
 
 from edgeroute.bundle import Bundle, load_bundle
-from edgeroute.cloud import remote_cloud
 from edgeroute.config import CloudConfig
 from tasks.calibrate import evaluate
 from tasks.model_card import bundle_data, finite, gate_figures, model_card
@@ -164,7 +163,7 @@ def registered_router(uri: str, cloud: CloudConfig | None = None):
     backend (default: the bundle's own FP32 model)."""
     bundle = load_bundle(download_bundle(uri))
     remote = cloud is not None and cloud.backend != "local"
-    return bundle.router(remote_cloud(cloud, bundle.labels) if remote else None)
+    return bundle.router(bundle.remote_cloud(cloud) if remote else None)
 
 
 def champion_history(name: str) -> list[str]:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from edgeroute.model import softmax
+from edgeroute.privacy import mask
 from edgeroute.router import Features, RouterSettings
 from tasks.calibrate import (
     CURVE_COLUMNS,
@@ -185,3 +186,21 @@ def test_the_calibrated_router_is_evaluated_against_both_tiers(tiny_bundle, tiny
     assert report["savings_vs_cloud_only"] == pytest.approx(1 - report["cost_per_query"] / costs.cloud)
     assert sum(v for k, v in report.items() if k.startswith("reason.")) == len(test)
     assert 0 <= report["edge_only_accuracy"] <= 1 and 0 <= report["cloud_only_accuracy"] <= 1
+
+
+def test_few_shot_examples_are_masked_training_messages_fixed_by_the_seed_one_label_in_turn(tiny_prepared):
+    from tasks.calibrate import few_shot_examples
+
+    config, data = tiny_prepared
+    llm = config.model_copy(
+        update={"cloud": config.cloud.model_copy(update={"backend": "openai", "examples_per_label": 2})}
+    )
+    examples = few_shot_examples(llm, data)
+    assert [label for _, label in examples] == sorted(data.labels) * 2
+    train = data.frame("train")
+    masked = {mask(text): label for text, label in zip(train["text"], train["label"], strict=True)}
+    assert all(masked.get(text) == label for text, label in examples)
+    assert few_shot_examples(llm, data) == examples
+    reseeded = llm.model_copy(update={"seed": llm.seed + 1})
+    assert few_shot_examples(reseeded, data) != examples
+    assert few_shot_examples(config, data) == []  # the local cloud is no LLM: no examples
