@@ -48,6 +48,7 @@ TOP_LOGPROBS = 20  # alternatives asked for at each answer token: OpenAI's and v
 PROBE_TEXT = 'Do not choose a label. Answer with the single word "banana" and nothing else.'
 JSON_FORMS = ("json_schema", "json_object")  # the answer is {"label": ...}; else the bare label
 _DELIMITER = re.compile(r"<\s*/?\s*message\s*>", re.IGNORECASE)  # the prompt's, blanked in a text
+_TEXT = "\x00text\x00"  # where the text goes in a filled-in prompt
 
 _CLOUD, _BREAKER = CloudConfig(), BreakerConfig()
 
@@ -394,8 +395,10 @@ class OpenAICloud:
             f"\nExample:\n<message>\n{delimited(text)}\n</message>\nLabel: {label}\n"
             for text, label in self.examples
         )
-        # The prompt less its text: what, with the text, decides an answer (the cache's key).
-        labelled = config.prompt.replace("{labels}", ", ".join(self.labels))
+        # The prompt less its text: what, with the text, decides an answer (the cache's key). The
+        # text's place is marked first, so that a label or an example that reads "{text}" stays so.
+        marked = config.prompt.replace("{text}", _TEXT)
+        labelled = marked.replace("{labels}", ", ".join(self.labels))
         self.template = labelled.replace("{examples}", shown)
         # The probe's prompt: the same without examples (one request whatever the prompt shows).
         self._bare = labelled.replace("{examples}", "")
@@ -433,7 +436,7 @@ class OpenAICloud:
         """The chat completion asked for one (masked) text, kept to the labels by ``form``; for
         the ``probe``, without the examples and the log-probabilities (which llama.cpp is slow at)."""
         template = self._bare if probe else self.template
-        message = template.replace("{text}", delimited(text[: self.config.max_text_chars]))
+        message = template.replace(_TEXT, delimited(text[: self.config.max_text_chars]))
         body: dict[str, Any] = {
             "model": self.config.model,
             "messages": [{"role": "user", "content": message}],
