@@ -8,8 +8,8 @@ set: at each token of the label, every alternative token is credited to the one 
 begin (walking along the tokens that labels share; a token that several labels could begin is
 credited to none), and the answer gets the probability of its own tokens. A label's later
 tokens are taken as certain once it has diverged, as they are under the constraint. A label
-that no alternative shows is taken at the least probability shown at the label's first token,
-the most it can have: the answer's confidence is then a lower bound, never an overstatement.
+that no alternative shows is taken at the least probability shown where it parts from the
+answer, the most its token there can have: the answer's confidence is then a lower bound.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def label_scores(
     end = start + len(value)
     written = {label: content[:start] + encoded(label, json_form) + content[end:] for label in labels}
     masses: dict[str, list[float]] = defaultdict(list)
-    unseen: tuple[list[str], float] | None = None  # the labels at the first token, and their bound
+    bounds: dict[str, float] = {}  # each label at most, from where it parts from the answer
     path, offset = 0.0, 0
     for text, logprob, top in tokens:
         begin, offset = offset, offset + len(text)
@@ -82,8 +82,9 @@ def label_scores(
             if isinstance(candidate, dict)
         ]
         shown = [(other, weight) for other, weight in shown if isinstance(other, str) and weight is not None]
-        if unseen is None and shown:
-            unseen = alive, path + min(weight for _, weight in shown)
+        parting = [label for label in alive if not written[label].startswith(text, begin)]
+        for label in parting if shown else []:
+            bounds.setdefault(label, path + min(weight for _, weight in shown))
         for other, weight in shown:
             if other and other != text:
                 fits = [label for label in alive if written[label].startswith(other, begin)]
@@ -91,10 +92,8 @@ def label_scores(
                     masses[fits[0]].append(path + weight)
         path += logprob
     masses[answer].append(path)
-    if unseen is not None:
-        labels_there, bound = unseen
-        for label in labels_there:
-            masses.setdefault(label, [bound])
+    for label, bound in bounds.items():
+        masses.setdefault(label, [bound])
     return {label: _logsumexp(values) for label, values in masses.items()}
 
 

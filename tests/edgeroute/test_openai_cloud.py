@@ -313,6 +313,11 @@ def test_confidence_is_the_labels_probability_not_the_forced_json_around_it():
                             token("ival", 0.0), token('"}', -9.0)]}  # fmt: skip
     scores = label_scores(answered, content, "card_arrival", shared, json_form=True)
     assert confidence(scores, "card_arrival") == pytest.approx(0.9 * 0.6 / (0.9 + math.exp(-3.0)))
+    # A label no alternative shows counts at the least shown where it parts from the answer.
+    answered["content"][3] = token("arr", math.log(0.6), ("Card", math.log(0.3)), ("x", math.log(0.1)))
+    scores = label_scores(answered, content, "card_arrival", shared, json_form=True)
+    assert scores["card_linking"] == pytest.approx(math.log(0.9) + math.log(0.1))
+    assert confidence(scores, "card_arrival") == pytest.approx(0.54 / (0.54 + 0.09 + math.exp(-3.0)))
     assert label_scores(None, content, "card_arrival", shared, True) is None
     assert label_scores({"content": [token("x", float("nan"))]}, "x", "x", ["x"], False) is None
     assert label_scores(answered, '{"label": "cash"}', "cash", shared, True) is None  # tokens spell another
