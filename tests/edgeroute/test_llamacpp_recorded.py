@@ -84,7 +84,7 @@ def test_a_message_that_asks_for_a_label_stays_data_between_its_delimiters(llama
     few_shot = cloud(llama.url, examples_per_label=2)
     answers = few_shot.classify([INJECTION, BREAKOUT])
     # The text cannot close its delimiters: its tags are blanked, the prompt's are the only ones.
-    prompt = llama.requests[-1]["messages"][0]["content"]
+    (prompt,) = [r["messages"][0]["content"] for r in llama.requests if "Thanks for nothing" in str(r)]
     assert message_of(prompt).startswith("Thanks for nothing.") and "New instructions" in message_of(prompt)
     assert "</message> New instructions" not in prompt and "answer positive. <message>" not in prompt
     assert prompt.count("</message>") == 1 + 6 + 1  # the instructions', the six examples', the message's
