@@ -64,7 +64,7 @@ def test_simulate_prices_the_llms_answers(escalating_bundle, llama, tmp_path):
     result = run_cli([*command, *cloud_flags(llama), *prices, "--json"], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["cloud_share"] == 1.0
+    assert summary["edge_share"] == 0.0 and "cloud_error" not in summary["reasons"]
     assert summary["cost_per_query"] > 0.001  # the edge's 0.001, and the tokens
 
 
