@@ -227,14 +227,16 @@ class AuditLog(Trail):
     """Append-only SQLite record of decisions and feedback; safe to share between threads."""
 
     def __init__(self, database: Path, keep_text: KeepText = "none") -> None:
-        if not database.exists() and key_path(database).exists():
+        gone = not database.exists() and key_path(database).exists()
+        key = audit_key(database)  # an empty key file is named first
+        if gone:
             raise AuditError(
                 f"{database}: the audit trail is gone but its key file {key_path(database)} is there: "
                 "restore the database, or remove the key file to start a new trail"
             )
         database.parent.mkdir(parents=True, exist_ok=True)
         self.path = database
-        super().__init__(audit_key(database), keep_text)
+        super().__init__(key, keep_text)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(database, timeout=WAIT_S, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

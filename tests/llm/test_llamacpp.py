@@ -17,7 +17,6 @@ from tasks.data import label_with_cloud
 from tasks.support.config import load_config
 from tests.services import BIN, LLAMA_MODEL, LlamaServer, edge_service, run_cli
 
-pytest.importorskip("llama_cpp", reason="the llm-server extra (make test-llm installs it)")
 pytestmark = pytest.mark.llm
 
 MESSAGES = ["I want a refund, this is unacceptable", "thanks, that was great", "where is my parcel"]
@@ -25,6 +24,7 @@ MESSAGES = ["I want a refund, this is unacceptable", "thanks, that was great", "
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason="the llm-server extra (make test-llm installs it)")
     server = LlamaServer(tmp_path_factory.mktemp("llama") / "llama-server.log")
     yield server
     server.stop()
