@@ -228,13 +228,13 @@ class AuditLog(Trail):
 
     def __init__(self, database: Path, keep_text: KeepText = "none") -> None:
         gone = not database.exists() and key_path(database).exists()
+        database.parent.mkdir(parents=True, exist_ok=True)
         key = audit_key(database)  # an empty key file is named first
         if gone:
             raise AuditError(
                 f"{database}: the audit trail is gone but its key file {key_path(database)} is there: "
                 "restore the database, or remove the key file to start a new trail"
             )
-        database.parent.mkdir(parents=True, exist_ok=True)
         self.path = database
         super().__init__(key, keep_text)
         self._lock = threading.Lock()
