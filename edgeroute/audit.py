@@ -85,13 +85,22 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 """
 )
-# The queries both trails answer, with {p} for the driver's placeholder ("?" or "%s").
-FIRST_FEEDBACK = (
-    "(SELECT true_label FROM feedback f WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) "
-    "AS true_label"
-)
+# Added since: who gave the feedback (`edgeroute.access`; NULL in rows from before).
+FEEDBACK_SOURCE = "source"
+
+
+def first_feedback(column: str, name: str) -> str:
+    """The SQL of a decision's first feedback's ``column``, as ``name``."""
+    return (
+        f"(SELECT {column} FROM feedback f WHERE f.request_id = d.request_id ORDER BY f.id LIMIT 1) AS {name}"
+    )
+
+
+FIRST_FEEDBACK = first_feedback("true_label", "true_label")
+# The queries both trails answer, with {p} for the driver's placeholder ("?" or "%s"), and
+# {source}: `feedback_source` of a trail, which one written before sources lacks.
 RECENT = (
-    f"SELECT {', '.join(f'd.{c}' for c in _COLUMNS)}{{extra}}, {FIRST_FEEDBACK} "
+    f"SELECT {', '.join(f'd.{c}' for c in _COLUMNS)}{{extra}}, {FIRST_FEEDBACK}, {{source}} "
     "FROM decisions d WHERE d.time >= {p}{where} ORDER BY d.time DESC LIMIT {p}"
 )
 TRAINING = (
@@ -105,7 +114,7 @@ NO_TEXT_KEPT = (
 # Each table's chained values, in order; a row's chain is HMAC(key, previous chain + its values).
 CHAINED = {
     "decisions": (*_COLUMNS, *TRAINING_COLUMNS),
-    "feedback": ("request_id", "time", "true_label"),
+    "feedback": ("request_id", "time", "true_label", FEEDBACK_SOURCE),
 }
 _APPEND_ONLY = """
 CREATE TRIGGER IF NOT EXISTS {table}_no_{action} BEFORE {action} ON {table}
@@ -189,6 +198,12 @@ class Trail:
         ]  # fmt: skip
 
 
+def feedback_source(columns: Iterable[str]) -> str:
+    """`RECENT`'s ``{source}``, for a feedback table of ``columns``."""
+    have = FEEDBACK_SOURCE in set(columns)
+    return first_feedback(FEEDBACK_SOURCE, "feedback_source") if have else "NULL AS feedback_source"
+
+
 def chained(key: bytes, previous: str, values: Iterable) -> str:
     """A row's chain: the HMAC of the previous row's chain and of the row's values."""
     return hmac.new(key, (previous + json.dumps(list(values))).encode(), hashlib.sha256).hexdigest()
@@ -216,11 +231,17 @@ def verify(db: sqlite3.Connection, key: bytes, source: object) -> dict[str, int]
 
 
 def _chained_rows(db: sqlite3.Connection, table: str) -> Iterator[tuple[int, tuple, str | None]]:
-    """Each row of ``table`` in write order: its rowid, its chained values and its chain."""
+    """Each row of ``table`` in write order: its rowid, its `covered` values and its chain."""
     present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
     selected = ", ".join(c if c in present else "NULL" for c in (*CHAINED[table], "chain"))
     for row in db.execute(f"SELECT rowid, {selected} FROM {table} ORDER BY rowid"):
-        yield row[0], row[1:-1], row[-1]
+        yield row[0], covered(table, row[1:-1]), row[-1]
+
+
+def covered(table: str, values: tuple) -> tuple:
+    """The values of a row of ``table`` that its chain covers: a feedback row's source only where
+    it has one (rows written before feedback had sources were chained without it)."""
+    return values[:-1] if table == "feedback" and values[-1] is None else values
 
 
 class AuditLog(Trail):
@@ -251,9 +272,9 @@ class AuditLog(Trail):
         for column, kind in added.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
-        for table in CHAINED:
-            if "chain" not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN chain TEXT")
+        for table, column in (*((table, "chain") for table in CHAINED), ("feedback", FEEDBACK_SOURCE)):
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
         self._append_only()
         self.verified = verify(self._db, self._key, database)
 
@@ -340,18 +361,20 @@ class AuditLog(Trail):
             raise AuditUnavailable(self.failure) from None
         self.failure = None
 
-    def feedback(self, request_id: str, true_label: str) -> bool:
-        """Record the true label of a request, once: True when recorded, False when the same label
-        was already there. A different label for the same request raises `FeedbackConflict`."""
+    def feedback(self, request_id: str, true_label: str, source: str | None = None) -> bool:
+        """Record the true label of a request, once, with the ``source`` that gave it: True when
+        recorded, False when the same label was already there. A different label for the same
+        request raises `FeedbackConflict`."""
         with self._lock, self._available(), self._transaction():  # one writer from check to insert
             row = self._db.execute(
                 "SELECT true_label FROM feedback WHERE request_id = ? ORDER BY id LIMIT 1", (request_id,)
             ).fetchone()
             if row is None:
-                values = (request_id, time.time(), true_label)
-                chain = chained(self._key, self._head("feedback"), values)
+                values = (request_id, time.time(), true_label, source)
+                chain = chained(self._key, self._head("feedback"), covered("feedback", values))
                 self._db.execute(
-                    "INSERT INTO feedback (request_id, time, true_label, chain) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO feedback (request_id, time, true_label, source, chain) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     (*values, chain),
                 )
         if row is not None and row[0] != true_label:
@@ -369,7 +392,8 @@ class AuditLog(Trail):
         """The decisions from ``since`` on, the newest ``limit`` of them, oldest first, each with
         the first feedback label it got (``true_label``, None without)."""
         with self._lock:
-            cursor = self._db.execute(RECENT.format(p="?", where="", extra=""), (since, limit))
+            query = RECENT.format(p="?", where="", extra="", source=feedback_source([FEEDBACK_SOURCE]))
+            cursor = self._db.execute(query, (since, limit))
             names = [c[0] for c in cursor.description]
             rows = cursor.fetchall()
         return [dict(zip(names, row, strict=True)) for row in reversed(rows)]
@@ -425,5 +449,6 @@ def window(database: Path, since: float, limit: int) -> list[dict]:
     """The decisions of a SQLite trail from ``since`` on (`edgeroute.trails.window`), its one
     service named by the trail's path."""
     with _reading(database) as db:
-        rows = _rows(db.execute(RECENT.format(p="?", where="", extra=""), (since, limit)))
+        source = feedback_source(row[1] for row in db.execute("PRAGMA table_info(feedback)"))
+        rows = _rows(db.execute(RECENT.format(p="?", where="", extra="", source=source), (since, limit)))
     return [row | {"instance": str(database)} for row in reversed(rows)]

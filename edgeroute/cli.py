@@ -381,14 +381,15 @@ def serve(
 
     With --model models:/<name>@<alias> (and --canary), the service looks at the alias every
     --refresh-s and swaps a new version in without dropping a request. Fields and defaults:
-    edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set.
+    edgeroute.config.ServeConfig. The API key is read from EDGEROUTE_API_KEY, if set, and the
+    feedback keys from EDGEROUTE_FEEDBACK_KEYS (a JSON object of source name to key).
     """
-    import os
     import signal
     import socket
 
     import uvicorn
 
+    from edgeroute.access import access_of
     from edgeroute.audit import AuditError
     from edgeroute.bundle import BundleError
     from edgeroute.cloud import CircuitBreaker, CloudRefused
@@ -405,6 +406,10 @@ def serve(
         shortcuts["audit.url" if is_postgres(audit) else "audit.path"] = audit
     shortcuts |= _cloud_shortcuts(cloud_url, cloud_backend, cloud_model, min_confidence)
     serving = serve_config(config, overrides, shortcuts, no_cache=no_cache)
+    try:
+        access = access_of(serving)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
     sources = {"champion": model, "canary": canary}
     located = {
         "champion": resolve_bundle(bundle, model),
@@ -440,7 +445,7 @@ def serve(
     ]
     app = create_app(
         releases, audit_log, Monitor(serving.monitor, releases.champion.router.settings.costs), serving,
-        api_key=os.environ.get(serving.api_key_env) or None, followers=followers,
+        access=access, followers=followers,
     )  # fmt: skip
     versions = releases.champion.version + (
         f", canary {releases.canary.version} at {releases.canary_share:.0%}" if releases.canary else ""

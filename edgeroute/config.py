@@ -269,6 +269,24 @@ class BreakerConfig(Frozen):
     reset_s: float = Field(30.0, gt=0)
 
 
+class FeedbackConfig(Frozen):
+    """Who may post feedback (``POST /v1/feedback``), and how fast.
+
+    Feedback decides promotion (``promote --from-canary``), so it has keys of its own: the
+    ``keys_env`` variable holds a JSON object of source name to key, ``{"helpdesk": "…"}``. Each
+    feedback row records the source that gave it; the classify key (``api_key_env``) may not
+    give feedback. Without any key the API is open and a source is the client's address.
+    """
+
+    keys_env: str = Field(
+        "EDGEROUTE_FEEDBACK_KEYS", min_length=1,
+        description="the variable holding the feedback keys: a JSON object of source name to key",
+    )  # fmt: skip
+    max_per_minute: int = Field(
+        120, ge=1, description="feedback posts a source may make a minute, in bursts of as many (more: 429)"
+    )
+
+
 class Thresholds(Frozen):
     """The monitor's alert thresholds (reference values of DESIGN §1) over its rolling window.
 
@@ -380,7 +398,8 @@ def redact_password(url: str) -> str:
 class ServeConfig(Frozen):
     """Everything `edgeroute serve` runs with but the bundle: YAML (``--config``) and ``--set``.
 
-    The API key is read from the ``api_key_env`` variable (none: the API is open).
+    The API key is read from the ``api_key_env`` variable (none: the API is open); the feedback
+    keys from ``feedback.keys_env``.
     """
 
     role: Literal["edge", "cloud"] = "edge"
@@ -401,6 +420,7 @@ class ServeConfig(Frozen):
     breaker: BreakerConfig = BreakerConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     monitor: Thresholds = Thresholds()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @property
     def cloud_wait_s(self) -> float:

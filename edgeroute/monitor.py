@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeroute.access import UNNAMED
 from edgeroute.config import Thresholds
 from edgeroute.drift import NUMERIC, Profile
 from edgeroute.router import Costs
@@ -46,16 +47,18 @@ class Observation:
     edge_confidence: float | None
     edge_label: str | None
     correct: bool | None = None
+    feedback_source: str | None = None  # who gave the feedback (`edgeroute.access`)
 
     @classmethod
     def from_audit(cls, row: dict[str, Any]) -> Observation:
         """A decision as `edgeroute.audit.AuditLog.recent` reads it back, its feedback judged."""
-        names = cls.__dataclass_fields__.keys() - {"length", "correct"}
+        names = cls.__dataclass_fields__.keys() - {"length", "correct", "feedback_source"}
         true_label = row["true_label"]
         return cls(
             **{name: row[name] for name in names},
             length=row["text_chars"],
             correct=None if true_label is None else row["label"] == true_label,
+            feedback_source=None if true_label is None else row["feedback_source"] or UNNAMED,
         )
 
     @property
@@ -107,8 +110,9 @@ def trend(values: Iterable[float | None], better_when: int, tolerance: float) ->
 def _metrics(events: list[Observation]) -> dict[str, float | None]:
     if not events:
         return {"requests": 0, "edge_share": None, "cost_per_query": None, "p95_latency_ms": None,
-                "avg_complexity": None, "accuracy": None, "labelled": 0}  # fmt: skip
+                "avg_complexity": None, "accuracy": None, "labelled": 0, "feedback_sources": {}}  # fmt: skip
     labelled = [e.correct for e in events if e.correct is not None]
+    sources = Counter(e.feedback_source for e in events if e.correct is not None)
     timed = [e.latency_ms for e in events if e.latency_ms is not None]
     return {
         "requests": len(events),
@@ -118,6 +122,7 @@ def _metrics(events: list[Observation]) -> dict[str, float | None]:
         "avg_complexity": sum(e.complexity for e in events) / len(events),
         "accuracy": sum(labelled) / len(labelled) if labelled else None,
         "labelled": len(labelled),
+        "feedback_sources": dict(sorted(sources.items())),
     }
 
 
@@ -160,12 +165,14 @@ class Monitor:
             self.started = min(self.started, kept[0].time)
         return len(kept)
 
-    def feedback(self, request_id: str, true_label: str) -> bool | None:
-        """Mark a request right or wrong; None when the request is unknown (or left the window)."""
+    def feedback(self, request_id: str, true_label: str, source: str) -> bool | None:
+        """Mark a request right or wrong, by the feedback ``source`` (the first one kept, as the
+        trail keeps it); None when the request is unknown (or left the window)."""
         with self._lock:
             known = self._by_request.get(request_id)
             if known is None:
                 return None
+            known.feedback_source = known.feedback_source or source
             known.correct = known.label == true_label
             return known.correct
 

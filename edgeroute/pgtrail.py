@@ -30,6 +30,7 @@ from edgeroute.audit import (
     _COLUMNS,
     _DECISIONS,
     _MONITORED,
+    FEEDBACK_SOURCE,
     KEY_ENV,
     NO_TEXT_KEPT,
     RECENT,
@@ -40,6 +41,7 @@ from edgeroute.audit import (
     AuditUnavailable,
     FeedbackConflict,
     Trail,
+    feedback_source,
 )
 from edgeroute.audit import _reading as _sqlite
 from edgeroute.config import AuditConfig, redact_password
@@ -89,6 +91,7 @@ def schema(keep_text: str) -> list[str]:
         _postgres(_DECISIONS.format(name="decisions")),
         *(f"ALTER TABLE decisions ADD COLUMN IF NOT EXISTS {c} {_postgres(t)}" for c, t in columns.items()),
         _FEEDBACK,
+        f"ALTER TABLE feedback ADD COLUMN IF NOT EXISTS {FEEDBACK_SOURCE} TEXT",
         *(_APPEND_ONLY.format(table=table) for table in ("decisions", "feedback")),
     ]
 
@@ -97,21 +100,21 @@ def create(connection: psycopg.Connection, keep_text: str) -> None:
     """Make or bring up to date the tables, inside the caller's transaction; two services doing
     so at once wait in turn. Tables already as they must be are left alone, so a service whose
     role may only read and insert opens a trail its owner made."""
-    columns = {
-        row[0]
-        for row in connection.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'decisions'"
-        )
-    }
+    columns = _columns(connection, "decisions")
     triggers = connection.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgname IN ('decisions_append_only', 'feedback_append_only')"
     ).fetchone()[0]
     wanted = {*_COLUMNS, "instance", *(TRAINING_COLUMNS if keep_text == "masked" else ())}
-    if wanted <= columns and triggers == 2:
+    if wanted <= columns and FEEDBACK_SOURCE in _columns(connection, "feedback") and triggers == 2:
         return
     connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
     for statement in schema(keep_text):
         connection.execute(statement)
+
+
+def _columns(connection: psycopg.Connection, table: str) -> set[str]:
+    query = "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+    return {row[0] for row in connection.execute(query, (table,))}
 
 
 def fleet_key(location: str) -> bytes:
@@ -226,8 +229,9 @@ class PostgresTrail(Trail):
             "dropped_rows": spool.dropped,
         }  # fmt: skip
 
-    def feedback(self, request_id: str, true_label: str) -> bool:
-        """Record the true label of a request, once (see `edgeroute.audit.AuditLog.feedback`)."""
+    def feedback(self, request_id: str, true_label: str, source: str | None = None) -> bool:
+        """Record the true label of a request, once, with its source (see
+        `edgeroute.audit.AuditLog.feedback`)."""
         self._waiting(request_id)
         with self._connection() as connection, connection.transaction():
             # One writer per request across the fleet, between the check and the insert.
@@ -237,8 +241,9 @@ class PostgresTrail(Trail):
             ).fetchone()
             if row is None:
                 connection.execute(
-                    "INSERT INTO feedback (request_id, time, true_label, instance) VALUES (%s, %s, %s, %s)",
-                    (request_id, time.time(), true_label, self.instance),
+                    "INSERT INTO feedback (request_id, time, true_label, instance, source) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (request_id, time.time(), true_label, self.instance, source),
                 )
         if row is not None and row[0] != true_label:
             raise FeedbackConflict(request_id, row[0])
@@ -263,7 +268,9 @@ class PostgresTrail(Trail):
         none while the database is away."""
         try:
             with self._connection() as connection:
-                query = RECENT.format(p="%s", where=" AND d.instance = %s", extra="")
+                query = RECENT.format(
+                    p="%s", where=" AND d.instance = %s", extra="", source=feedback_source([FEEDBACK_SOURCE])
+                )
                 cursor = connection.execute(query, (since, self.instance, limit))
                 names = [c.name for c in cursor.description or ()]
                 rows = cursor.fetchall()
@@ -311,13 +318,7 @@ def _reading(url: str) -> Iterator[psycopg.Connection]:
 def postgres_training_rows(url: str, since: float | None = None) -> list[dict]:
     """`edgeroute.trails.training_rows` of a Postgres trail."""
     with _reading(url) as connection:
-        columns = {
-            row[0]
-            for row in connection.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'decisions'"
-            )
-        }
-        if not set(TRAINING_COLUMNS) <= columns:
+        if not set(TRAINING_COLUMNS) <= _columns(connection, "decisions"):
             raise AuditError(f"{redact_password(url)}: {NO_TEXT_KEPT}")
         cursor = connection.execute(TRAINING.format(p="%s"), (since if since is not None else float("-inf"),))
         names = [c.name for c in cursor.description or ()]
@@ -327,8 +328,9 @@ def postgres_training_rows(url: str, since: float | None = None) -> list[dict]:
 def postgres_window(url: str, since: float, limit: int) -> list[dict]:
     """Every instance's decisions from ``since`` on (the newest ``limit``, oldest first), each
     with its ``instance`` and first feedback label."""
-    query = RECENT.format(p="%s", where="", extra=", d.instance")
     with _reading(url) as connection:
+        source = feedback_source(_columns(connection, "feedback"))
+        query = RECENT.format(p="%s", where="", extra=", d.instance", source=source)
         cursor = connection.execute(query, (since, limit))
         names = [c.name for c in cursor.description or ()]
         rows = cursor.fetchall()
@@ -346,7 +348,10 @@ def migrate(database: Path, url: str, instance: str) -> dict[str, int]:
         masked = set(TRAINING_COLUMNS) <= set(present)
         names = [c for c in (*_COLUMNS, *(TRAINING_COLUMNS if masked else ())) if c in present]
         decisions = db.execute(f"SELECT {', '.join(names)} FROM decisions ORDER BY time").fetchall()
-        feedback = db.execute("SELECT request_id, time, true_label FROM feedback ORDER BY id").fetchall()
+        given = {row[1] for row in db.execute("PRAGMA table_info(feedback)")}
+        source = FEEDBACK_SOURCE if FEEDBACK_SOURCE in given else "NULL"  # NULL: a trail from before sources
+        feedback = db.execute(f"SELECT request_id, time, true_label, {source} FROM feedback ORDER BY id")
+        feedback = feedback.fetchall()
     insert = (
         f"INSERT INTO decisions ({', '.join((*names, 'instance'))}) VALUES "
         f"({', '.join(['%s'] * (len(names) + 1))}) ON CONFLICT (request_id) DO NOTHING"
@@ -360,12 +365,12 @@ def migrate(database: Path, url: str, instance: str) -> dict[str, int]:
             connection.cursor().executemany(insert, [(*row, instance) for row in decisions])
             copied = connection.execute(count).fetchone()[0] - before
             added = 0
-            for request_id, when, label in feedback:
+            for request_id, when, label, given_by in feedback:
                 added += connection.execute(
-                    "INSERT INTO feedback (request_id, time, true_label, instance) SELECT %s, %s, %s, %s "
-                    "WHERE NOT EXISTS (SELECT 1 FROM feedback WHERE request_id = %s AND time = %s "
-                    "AND true_label = %s)",
-                    (request_id, when, label, instance, request_id, when, label),
+                    "INSERT INTO feedback (request_id, time, true_label, instance, source) "
+                    "SELECT %s, %s, %s, %s, %s WHERE NOT EXISTS (SELECT 1 FROM feedback "
+                    "WHERE request_id = %s AND time = %s AND true_label = %s)",
+                    (request_id, when, label, instance, given_by, request_id, when, label),
                 ).rowcount
     return {"decisions": len(decisions), "decisions_copied": copied, "feedback": len(feedback),
             "feedback_copied": added}  # fmt: skip

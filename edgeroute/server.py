@@ -18,17 +18,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -48,6 +48,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgeroute.access import Access, Denied, RateLimit
 from edgeroute.audit import AuditUnavailable, FeedbackConflict, Trail
 from edgeroute.batching import MicroBatcher
 from edgeroute.cloud import CircuitBreaker, GuardedCloud
@@ -61,31 +62,34 @@ logger = logging.getLogger("edgeroute.server")
 BREAKER_STATES = ("closed", "half_open", "open")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False)
 T = TypeVar("T")
+OPEN = Access()  # no key: every route open, a feedback source named by the client's address
 PURGE_EVERY_S = 3600.0  # how often rows past audit.retention_days are looked for
 
 
-def key_matches(given: bytes | None, api_key: str) -> bool:
-    """Constant-time comparison of the header's bytes with the key (non-ASCII keys included)."""
-    return bool(given) and secrets.compare_digest(given, api_key.encode("utf-8"))
-
-
 class Gatekeeper:
-    """ASGI middleware that answers before the app reads a byte of the body: the API key of
-    ``/v1/*`` requests (401), then the declared size and, while it streams in, the actual size
-    of the body (413 past ``max_body_bytes``; the reading stops there)."""
+    """ASGI middleware that answers before the app reads a byte of the body: the keys of
+    ``/v1/*`` requests and of the API's description (`edgeroute.access.Access`: 401, or 403 for
+    another role's key), then the declared size and, while it streams in, the actual size of the
+    body (413 past ``max_body_bytes``; the reading stops there). The feedback source admitted is
+    the request's ``state.feedback_source``."""
 
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int) -> None:
-        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+    def __init__(self, app, *, access: Access, max_body_bytes: int) -> None:
+        self.app, self.access, self.max_body_bytes = app, access, max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        keyed = self.api_key is not None and scope["path"].startswith("/v1/")
-        if keyed and not key_matches(headers.get(b"x-api-key"), self.api_key):
-            await _answer(send, 401, "missing or wrong API key (header X-API-Key)")
-            return
+        path = scope["path"]
+        if path.startswith("/v1/") or (path == "/openapi.json" and self.access.api_key is not None):
+            client = (scope.get("client") or ("unknown",))[0]
+            try:
+                source = self.access.admit(path, headers.get(b"x-api-key"), f"address {client}")
+            except Denied as denied:
+                await _answer(send, denied.status, denied.detail)
+                return
+            scope.setdefault("state", {})["feedback_source"] = source
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await _answer(send, 413, f"body: {int(declared)} bytes; at most {self.max_body_bytes}")
@@ -151,6 +155,7 @@ class FeedbackRequest(BaseModel):
 
 class FeedbackResponse(BaseModel):
     request_id: str
+    source: str = Field(description="the source it is recorded under: its key's name, or the client address")
     correct: bool | None = Field(description="whether the answer was right; None once it left the window")
     recorded: bool = Field(description="False when the same label was already recorded")
 
@@ -163,6 +168,7 @@ class WindowMetrics(BaseModel):
     avg_complexity: float | None
     accuracy: float | None
     labelled: int
+    feedback_sources: dict[str, int] = Field(description="labelled requests by feedback source")
 
 
 class Drift(BaseModel):
@@ -244,8 +250,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "the body is not readable as JSON",
         401: "missing or wrong API key (header X-API-Key)",
+        403: "the key of another role: the classify key on feedback, or a feedback key elsewhere",
         404: "no such request in the audit trail",
         409: "the request already has another feedback label",
+        429: "the feedback source posted more than feedback.max_per_minute; see Retry-After",
         413: "a text, the batch or the body is too large",
         422: "a field is missing, of the wrong type or out of range",
         503: "the audit trail cannot be used now (locked, a full disk, or its spool full); retry",
@@ -394,12 +402,13 @@ def create_app(
     monitor: Monitor,
     config: ServeConfig,
     *,
-    api_key: str | None = None,
+    access: Access = OPEN,
     followers: Sequence[Follower] = (),
 ) -> FastAPI:
-    """The service around loaded releases; nothing is loaded per request, and ``followers``
-    swap new versions in while it runs."""
+    """The service around loaded releases, behind ``access``'s keys; nothing is loaded per
+    request, and ``followers`` swap new versions in while it runs."""
     metrics = Metrics()
+    feedback_limit = RateLimit(config.feedback.max_per_minute)
     breaker = breaker_of(releases.champion.router)
 
     def installed(slot: Slot, release: Release, old: Release | None) -> None:
@@ -509,19 +518,16 @@ def create_app(
 
     # With a key, the API's description is behind it too: GET /openapi.json with the key; no
     # interactive pages, which a browser could not open with the header.
-    keyed = {"docs_url": None, "redoc_url": None, "openapi_url": None} if api_key is not None else {}
+    # The keys are checked once, by the Gatekeeper; the routes declare the header for the docs.
+    keyed = {"docs_url": None, "redoc_url": None, "openapi_url": None} if access.api_key is not None else {}
     app = FastAPI(title="edgeroute", version=releases.champion.version, lifespan=lifespan, **keyed)
     app.state.releases = releases
-    app.add_middleware(Gatekeeper, api_key=api_key, max_body_bytes=config.limits.max_body_bytes)
+    app.add_middleware(Gatekeeper, access=access, max_body_bytes=config.limits.max_body_bytes)
+    authorised = Security(API_KEY_HEADER)
 
-    def authorised(key: Annotated[str | None, Depends(API_KEY_HEADER)]) -> None:
-        # The header arrives decoded as Latin-1: its bytes again, as the middleware compares them.
-        if api_key is not None and not key_matches(key.encode("latin-1") if key else None, api_key):
-            raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+    if access.api_key is not None:
 
-    if api_key is not None:
-
-        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
+        @app.get("/openapi.json", include_in_schema=False)
         async def openapi() -> dict:
             return app.openapi()
 
@@ -544,8 +550,8 @@ def create_app(
     @app.post(
         "/v1/classify",
         response_model=ClassifyResponse,
-        dependencies=[Depends(authorised)],
-        responses=_errors(400, 401, 413, 422, 503, 504),
+        dependencies=[authorised],
+        responses=_errors(400, 401, 403, 413, 422, 503, 504),
     )
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         texts = body.all_texts()
@@ -617,10 +623,17 @@ def create_app(
     @app.post(
         "/v1/feedback",
         response_model=FeedbackResponse,
-        dependencies=[Depends(authorised)],
-        responses=_errors(400, 401, 404, 409, 413, 422, 503),
+        dependencies=[authorised],
+        responses=_errors(400, 401, 403, 404, 409, 413, 422, 429, 503),
     )
-    async def feedback(body: FeedbackRequest) -> FeedbackResponse:
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        source = request.state.feedback_source
+        if wait := feedback_limit.take(source):
+            raise HTTPException(
+                429, f"feedback source {source!r}: more than feedback.max_per_minute="
+                f"{config.feedback.max_per_minute} posts a minute",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )  # fmt: skip
         labels = {
             label for r in (releases.champion, releases.canary) if r is not None for label in r.router.labels
         }
@@ -630,16 +643,16 @@ def create_app(
         if decision is None:
             raise HTTPException(404, f"request_id: no decision {body.request_id!r} in the audit trail")
         try:
-            recorded = await kept(audit.feedback, body.request_id, body.label)
+            recorded = await kept(audit.feedback, body.request_id, body.label, source)
         except FeedbackConflict as conflict:
             raise HTTPException(409, str(conflict)) from None
-        correct = monitor.feedback(body.request_id, body.label)
+        correct = monitor.feedback(body.request_id, body.label, source)
         if correct is not None and recorded:
             metrics.feedback.labels(decision["model_version"], str(correct).lower()).inc()
-        return FeedbackResponse(request_id=body.request_id, correct=correct, recorded=recorded)
+        return FeedbackResponse(request_id=body.request_id, source=source, correct=correct, recorded=recorded)
 
     @app.get(
-        "/v1/health", response_model=HealthReport, dependencies=[Depends(authorised)], responses=_errors(401)
+        "/v1/health", response_model=HealthReport, dependencies=[authorised], responses=_errors(401, 403)
     )
     async def health() -> dict:
         extra = [f"cloud circuit {breaker.state}"] if breaker and breaker.state != "closed" else []

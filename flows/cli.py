@@ -24,6 +24,8 @@ from tasks.gate import GateFailed
 from tasks.support.config import load_config
 from tasks.support.tracking import tracking_uri
 
+DEFAULT_RULE = registry.CanaryRule()
+
 app = typer.Typer(help="Train, track and register edge/cloud bundles.", no_args_is_help=True)
 
 Preset = Annotated[
@@ -91,11 +93,21 @@ def promote(
     ] = None,
     min_feedback: Annotated[
         int, typer.Option(min=1, help="With --from-canary: labelled requests each version needs.")
-    ] = registry.CANARY_MIN_FEEDBACK,
+    ] = DEFAULT_RULE.min_feedback,
     tolerance: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="With --from-canary: how far below the champion's it may be."),
-    ] = registry.CANARY_TOLERANCE,
+    ] = DEFAULT_RULE.tolerance,
+    min_sources: Annotated[
+        int,
+        typer.Option(min=1, help="With --from-canary: feedback sources (keys) each version's labels need."),
+    ] = DEFAULT_RULE.min_sources,
+    max_source_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="With --from-canary: most of a version's labels one source gives."
+        ),
+    ] = DEFAULT_RULE.max_source_share,
 ) -> None:
     """Make a registered version the champion: by hand, or the canary of a running service on its
     live feedback (the one it replaces is recorded either way)."""
@@ -103,7 +115,8 @@ def promote(
         raise fail("give the VERSION to promote, or --from-canary URL (one of them)", 2)
     reason = "promoted by hand"
     if from_canary is not None:
-        version, reason = canary_to_promote(from_canary, name, min_feedback, tolerance)
+        rule = registry.CanaryRule(min_feedback, tolerance, min_sources, max_source_share)
+        version, reason = canary_to_promote(from_canary, name, rule)
     elif not registry.version_exists(name, version):
         raise fail(f"registered model {name!r} has no version {version}", 1)
     result = registry.set_champion(name, version, reason)
@@ -112,7 +125,7 @@ def promote(
         typer.echo(reason)
 
 
-def canary_to_promote(url: str, name: str, min_feedback: int, tolerance: float) -> tuple[str, str]:
+def canary_to_promote(url: str, name: str, rule: registry.CanaryRule) -> tuple[str, str]:
     """The version of the canary at ``url`` and why it is promoted; exit 1 when it is not."""
     from tasks.monitoring import read_health
 
@@ -133,7 +146,7 @@ def canary_to_promote(url: str, name: str, min_feedback: int, tolerance: float) 
         raise fail(f"the canary of {shown} is {canary}, not a version of {name!r}", 1)
     if canary and not registry.version_exists(name, version):
         raise fail(f"registered model {name!r} has no version {version} (the canary of {shown})", 1)
-    promoted, verdict = registry.canary_verdict(report, min_feedback, tolerance)
+    promoted, verdict = registry.canary_verdict(report, rule)
     if not promoted:
         raise fail(f"{name}: canary not promoted: {verdict}", 1)
     return version, f"canary of {shown}: {verdict}"

@@ -279,18 +279,24 @@ def decide(
     return result
 
 
-# Promotion of a canary on its live feedback (`edgeroute promote --from-canary`): the defaults.
-CANARY_MIN_FEEDBACK = 200  # labelled requests each of canary and champion needs in the window
-CANARY_TOLERANCE = 0.01  # how much lower than the champion's the canary's live accuracy may be
+@dataclass(frozen=True)
+class CanaryRule:
+    """When a canary's live feedback makes it champion (`edgeroute promote --from-canary`): both
+    it and the champion have ``min_feedback`` labelled requests in the monitor window, from
+    ``min_sources`` feedback sources (feedback keys) or more, none of which gave more than
+    ``max_source_share`` of a version's labels, so that one key cannot decide alone; and the
+    canary's accuracy from feedback is at least the champion's minus ``tolerance``."""
+
+    min_feedback: int = 200
+    tolerance: float = 0.01
+    min_sources: int = 2
+    max_source_share: float = 0.8
 
 
-def canary_verdict(
-    report: Mapping[str, Any], min_feedback: int = CANARY_MIN_FEEDBACK, tolerance: float = CANARY_TOLERANCE
-) -> tuple[bool, str]:
-    """Whether a service's health report (``GET /v1/health``) shows its canary fit to be champion,
-    and why: both it and the champion have ``min_feedback`` labelled requests in the monitor
-    window, and the canary's accuracy from feedback is at least the champion's minus ``tolerance``.
-    """
+def canary_verdict(report: Mapping[str, Any], rule: CanaryRule = CanaryRule()) -> tuple[bool, str]:
+    """Whether a service's health report (``GET /v1/health``) shows its canary fit to be champion
+    by ``rule``, and why."""
+    min_feedback, tolerance = rule.min_feedback, rule.tolerance
     champion = report.get("model_version")
     canary = (report.get("canary") or {}).get("model_version")
     if not canary:
@@ -314,12 +320,31 @@ def canary_verdict(
     over = f" over the last {window:.0f} s" if window else ""
     if short:
         return False, f"not enough feedback yet{over} ({'; '.join(short)})"
+    sources = {role: _counts(stats.get("feedback_sources")) for role, stats in live.items()}
+    narrow = [
+        f"{named[role]} from {len(sources[role])} ({', '.join(f'{s} {n}' for s, n in sources[role].items())})"
+        for role in ("canary", "champion")
+        if len(sources[role]) < rule.min_sources
+        or max(sources[role].values(), default=0) > rule.max_source_share * sum(sources[role].values())
+    ]
+    if narrow:
+        return False, (
+            f"feedback from too few sources{over} ({'; '.join(narrow)}): promotion needs feedback "
+            f"from {rule.min_sources} sources or more, none with over {rule.max_source_share:.0%} "
+            "of a version's labels"
+        )
     promoted = accuracy["canary"] >= accuracy["champion"] - tolerance - 1e-12  # 1e-12: float rounding
     return promoted, (
         f"live accuracy{over}: {named['canary']} {accuracy['canary']:.4f} ({labelled['canary']} labelled) "
         f"{'>=' if promoted else '<'} {named['champion']} {accuracy['champion']:.4f} "
         f"({labelled['champion']} labelled) - tolerance {tolerance:g}"
     )
+
+
+def _counts(sources: Any) -> dict[str, int]:
+    """A health report's ``feedback_sources`` (absent from a service older than sources: none)."""
+    counts = sources if isinstance(sources, Mapping) else {}
+    return {str(s): int(count) for s, n in counts.items() if (count := finite(n) or 0) > 0}
 
 
 @task(name="fetch-bundle", retries=2, retry_delay_seconds=5)

@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from edgeroute.access import Access
 from edgeroute.cloud import JSON_FORMS, PROBE_TEXT, CircuitBreaker, LocalCloud
 from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
 from edgeroute.releases import Releases, open_release
-from edgeroute.server import create_app
+from edgeroute.server import OPEN, create_app
 from edgeroute.trails import open_trail
 from tests.conftest import ROOT
 
@@ -95,16 +96,23 @@ def edge_service(
     cloud_url: str | None = None,
     breaker=None,
     *settings: str,
-    api_key: str | None = None,
+    access: Access = OPEN,
+    version: str = "test/1",
+    canary: tuple[Path, str] | None = None,
 ):
-    """An edge service on ``bundle_path``; ``settings`` are ``--set`` overrides of the serve config."""
+    """An edge service on ``bundle_path`` (as ``version``), behind ``access``'s keys; ``settings``
+    are ``--set`` overrides of the serve config. ``canary``: a bundle and its version, served at
+    ``canary_share``."""
     url = [f"cloud.url={json.dumps(cloud_url)}"] if cloud_url else []
     kept = [f"audit.path={tmp_path / 'audit.db'}", f"audit.spool={tmp_path / 'spool.jsonl'}"]
     config = load_serve_config(None, ["cloud.timeout_s=1.0", "cloud.max_retries=0", *kept, *url, *settings])
-    release = open_release(bundle_path, "test/1", config, breaker or CircuitBreaker(), lazy=False)
+    breaker = breaker or CircuitBreaker()
+    champion = open_release(bundle_path, version, config, breaker, lazy=False)
+    other = open_release(*canary, config, breaker, lazy=False) if canary else None
+    releases = Releases(champion, other, config.canary_share if other else 0.0)
     audit = open_trail(config.audit, "test")
-    monitor = Monitor(config.monitor, release.router.settings.costs)
-    app = create_app(Releases(release), audit, monitor, config, api_key=api_key)
+    monitor = Monitor(config.monitor, champion.router.settings.costs)
+    app = create_app(releases, audit, monitor, config, access=access)
     return Service(app), audit
 
 

@@ -8,7 +8,16 @@ import time
 import httpx
 import pytest
 
-from edgeroute.audit import _SCHEMA, TRAINING_COLUMNS, AuditError, AuditLog, training_rows, verify_trail
+from edgeroute.audit import (
+    _SCHEMA,
+    TRAINING_COLUMNS,
+    AuditError,
+    AuditLog,
+    audit_key,
+    chained,
+    training_rows,
+    verify_trail,
+)
 from tests.services import BIN, edge_service, run_cli
 
 SECRET_TEXT = "my card 4111 1111 1111 1111 was charged twice, mail ben.482@example.com"
@@ -116,7 +125,7 @@ def _three_decisions_and_their_feedback(database) -> None:
     trail.record([_decision("a", now), _decision("b", now + 1)])
     trail.record([_decision("c", now + 2)])
     for request_id in ("a", "b", "c"):
-        trail.feedback(request_id, "neutral")
+        trail.feedback(request_id, "neutral", "helpdesk")
     trail.close()
 
 
@@ -141,8 +150,10 @@ def _behind_the_triggers(database, *statements: str) -> None:
          "feedback row 3 (request_id 'c')"),
         (["UPDATE decisions SET chain = NULL WHERE request_id = 'c'"],
          "decisions row 3 (request_id 'c') has no chain"),
+        (["UPDATE feedback SET source = 'crm' WHERE request_id = 'b'"], "feedback row 2 (request_id 'b')"),
+        (["UPDATE feedback SET source = NULL WHERE request_id = 'b'"], "feedback row 2 (request_id 'b')"),
     ],
-    ids=["edited", "removed", "feedback-edited", "chain-removed"],
+    ids=["edited", "removed", "feedback-edited", "chain-removed", "source-edited", "source-removed"],
 )  # fmt: skip
 def test_a_row_altered_behind_the_triggers_is_named_at_open_and_by_audit_verify(tmp_path, statements, named):
     database = tmp_path / "audit.db"
@@ -172,6 +183,27 @@ def test_a_trail_from_before_the_chain_is_kept_and_chained_from_then_on(tmp_path
     assert result.returncode == 0, result.stderr
     assert "1 decisions and 0 feedback labels verified" in result.stdout
     assert "1 rows from before the trail was chained" in result.stdout
+
+
+def test_feedback_chained_before_it_had_a_source_still_verifies(tmp_path):
+    database = tmp_path / "audit.db"
+    trail = AuditLog(database)
+    trail.record([_decision("a", time.time()), _decision("b", time.time())])
+    trail.close()
+    with sqlite3.connect(database) as db:  # the last release's feedback table: chained, no source
+        db.execute("ALTER TABLE feedback DROP COLUMN source")
+        values = ("a", 5.0, "neutral")
+        chain = chained(audit_key(database), "", values)
+        db.execute(
+            "INSERT INTO feedback (request_id, time, true_label, chain) VALUES (?, ?, ?, ?)", (*values, chain)
+        )
+    trail = AuditLog(database)  # verified at open, and given the column
+    trail.feedback("b", "positive", "crm")
+    sources = [(r["request_id"], r["feedback_source"]) for r in trail.recent(0, 10)]
+    assert sources == [("a", None), ("b", "crm")]
+    trail.close()
+    assert verify_trail(database) == {"decisions": 2, "unchained_decisions": 0, "feedback": 2,
+                                      "unchained_feedback": 0}  # fmt: skip
 
 
 def test_a_deleted_trail_whose_key_file_remains_is_refused_not_started_anew(tmp_path):

@@ -85,12 +85,12 @@ def test_feedback_gives_accuracy_and_its_alert():
         monitor.record(observed(f"r{i}", clock.now))
     assert monitor.report()["metrics"]["accuracy"] is None
     for i in range(20):
-        assert monitor.feedback(f"r{i}", "positive" if i < 16 else "negative") == (i < 16)
+        assert monitor.feedback(f"r{i}", "positive" if i < 16 else "negative", "helpdesk") == (i < 16)
     report = monitor.report()
     assert report["metrics"]["accuracy"] == 0.8 and report["metrics"]["labelled"] == 20
     assert report["alerts"] == ["accuracy 0.8 below 0.85"]
     assert report["score"] == 100 - 15 - 5
-    assert monitor.feedback("unknown", "positive") is None
+    assert monitor.feedback("unknown", "positive", "helpdesk") is None
     assert any("retrain" in advice for advice in report["recommendations"])
 
 
@@ -132,8 +132,8 @@ def test_the_monitor_keeps_at_most_max_events():
     for i in range(10):
         monitor.record(observed(f"r{i}", clock.now))
     assert monitor.report()["metrics"]["requests"] == 5
-    assert monitor.feedback("r0", "positive") is None
-    assert monitor.feedback("r9", "positive") is True
+    assert monitor.feedback("r0", "positive", "helpdesk") is None
+    assert monitor.feedback("r9", "positive", "helpdesk") is True
 
 
 def test_the_report_splits_by_version_and_judges_drift_on_the_champions_traffic():

@@ -223,6 +223,7 @@ def test_the_fleet_report_is_the_report_of_the_union_of_both_replicas_requests(
         "labelled": len(labelled),
     }
     assert {k: report["metrics"][k] for k in expected} == pytest.approx(expected)
+    assert report["metrics"]["feedback_sources"] == {"address 127.0.0.1": len(labelled)}  # an open service
     assert {name: m["requests"] for name, m in report["instances"].items()} == {"edge-1": 16, "edge-2": 8}
     assert report["versions"]["test/1"]["requests"] == 24 and report["model_version"] == "test/1"
     assert report["drift"]["samples"] == 24, "the champion's traffic of both replicas, against its profile"
@@ -238,8 +239,8 @@ def test_migrating_a_sqlite_trail_keeps_every_row_and_its_feedback(postgres_url,
     now = time.time()
     box.record([_decision(f"r{i}", now - 100 + i, f"{SECRET_TEXT} {i}", route="cloud", cloud_label="negative")
                 for i in range(5)])  # fmt: skip
-    box.feedback("r1", "negative")
-    box.feedback("r3", "positive")
+    box.feedback("r1", "negative", "helpdesk")
+    box.feedback("r3", "positive")  # as feedback was before it had a source
     box.close()
     command = [str(BIN / "edgeroute"), "audit", "migrate", str(database), postgres_url, "--instance", "box-7"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -249,6 +250,9 @@ def test_migrating_a_sqlite_trail_keeps_every_row_and_its_feedback(postgres_url,
     assert "0 of 5 decisions and 0 of 2 feedback labels copied" in again.stdout, again.stderr
     assert training_rows(postgres_url) == training_rows(database)
     assert {row["instance"] for row in window(postgres_url, 0, 100)} == {"box-7"}
+    sources = {row["request_id"]: row["feedback_source"] for row in window(postgres_url, 0, 100)}
+    assert sources == {row["request_id"]: row["feedback_source"] for row in window(database, 0, 100)}
+    assert sources["r1"] == "helpdesk" and sources["r3"] is None
 
 
 def test_a_postgres_trail_that_keeps_no_text_is_refused_as_training_data(postgres_url, tmp_path):

@@ -265,7 +265,9 @@ def test_the_health_window_is_rebuilt_from_the_audit_trail_after_a_restart(tiny_
     assert after["metrics"]["accuracy"] == before["metrics"]["accuracy"] == 0.0
     assert after["metrics"]["labelled"] == 10 and "accuracy 0 below 0.85" in after["alerts"]
     assert after["metrics"]["p95_latency_ms"] == pytest.approx(before["metrics"]["p95_latency_ms"])
-    assert late == {"request_id": results[10]["request_id"], "correct": True, "recorded": True}
+    assert after["metrics"]["feedback_sources"] == {"address 127.0.0.1": 10}, "who gave it, from the trail"
+    assert late == {"request_id": results[10]["request_id"], "source": "address 127.0.0.1", "correct": True,
+                    "recorded": True}  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from edgeroute.access import Access
 from edgeroute.audit import AuditLog
 from edgeroute.bundle import load_bundle
 from edgeroute.cloud import CircuitBreaker
@@ -67,7 +68,7 @@ def test_bad_requests_get_a_clear_4xx(service, payload, status, message):
 
 
 def test_an_api_key_guards_the_api_but_not_the_probes(tiny_bundle, tmp_path):
-    running, audit = edge_service(tiny_bundle, tmp_path, api_key="s3cret")
+    running, audit = edge_service(tiny_bundle, tmp_path, access=Access("s3cret"))
     try:
         assert httpx.post(f"{running.url}/v1/classify", json={"text": "hi"}).status_code == 401
         wrong = httpx.post(f"{running.url}/v1/classify", json={"text": "hi"}, headers={"X-API-Key": "nope"})

@@ -135,13 +135,15 @@ def test_promote_from_canary_moves_the_champion_only_on_enough_good_feedback(tmp
     client = three_versions(tmp_path, monkeypatch)
 
     def served(canary: str, labelled: int, accuracy: float) -> dict:
+        def stats(labelled: int, accuracy: float) -> dict:  # labelled by two sources in equal parts
+            sources = {"crm": labelled // 2, "helpdesk": labelled - labelled // 2}
+            return {"requests": 10 * labelled, "accuracy": accuracy, "labelled": labelled, "edge_share": 0.9,
+                    "feedback_sources": sources}  # fmt: skip
+
         return {
             "model_version": "edgeroute/2",
             "canary": {"model_version": canary, "share": 0.05},
-            "versions": {
-                "edgeroute/2": {"requests": 9000, "accuracy": 0.91, "labelled": 900, "edge_share": 0.9},
-                canary: {"requests": 500, "accuracy": accuracy, "labelled": labelled, "edge_share": 0.9},
-            },
+            "versions": {"edgeroute/2": stats(900, 0.91), canary: stats(labelled, accuracy)},
             "window_s": 3600.0,
         }
 
@@ -252,7 +254,7 @@ def test_promote_from_canary_judges_a_fleet_from_its_postgres_trail(tmp_path, mo
         trail.record(rows)
         for i, row in enumerate(rows):  # the champion wrong on 1 in 5 of its answers, the canary never
             wrong = row["model_version"] == "edgeroute/2" and i % 5 == 1
-            trail.feedback(row["request_id"], "negative" if wrong else "neutral")
+            trail.feedback(row["request_id"], "negative" if wrong else "neutral", f"desk-{i // 4 % 2}")
         trail.close()
     with_password = postgres_url.replace("edgeroute@", "edgeroute:pw-never-shown@")
     promote = [str(BIN / "edgeroute"), "promote", "--from-canary", with_password, "--min-feedback", "80"]

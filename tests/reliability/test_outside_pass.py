@@ -24,6 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from edgeroute import audit, privacy
+from edgeroute.access import Access
 from edgeroute.bundle import (
     CLOUD_MODEL,
     MANIFEST,
@@ -75,7 +76,7 @@ def classify(url: str, text: str, **headers) -> httpx.Response:
 
 
 def test_item_3_a_non_ascii_api_key_is_refused_with_401(tiny_bundle, tmp_path):
-    running, _ = edge_service(tiny_bundle, tmp_path, api_key="s3cret")
+    running, _ = edge_service(tiny_bundle, tmp_path, access=Access("s3cret"))
     try:
         wrong = httpx.post(
             f"{running.url}/v1/classify",
@@ -90,7 +91,7 @@ def test_item_3_a_non_ascii_api_key_is_refused_with_401(tiny_bundle, tmp_path):
 
 
 def test_item_21_the_api_description_is_behind_the_key(tiny_bundle, tmp_path):
-    keyed, _ = edge_service(tiny_bundle, tmp_path / "keyed", api_key="s3cret")
+    keyed, _ = edge_service(tiny_bundle, tmp_path / "keyed", access=Access("s3cret"))
     open_, _ = edge_service(tiny_bundle, tmp_path / "open")
     try:
         for page in ("/docs", "/redoc"):
@@ -410,7 +411,9 @@ def _raw_request(url: str, head: bytes, body_chunks, read: bool = True) -> bytes
 
 
 def test_item_2_the_key_and_the_size_are_checked_before_the_body_is_read(tiny_bundle, tmp_path):
-    running, _ = edge_service(tiny_bundle, tmp_path, None, None, "limits.max_batch=4", api_key="s3cret")
+    running, _ = edge_service(
+        tiny_bundle, tmp_path, None, None, "limits.max_batch=4", access=Access("s3cret")
+    )
     limit = load_serve_config(None, ["limits.max_batch=4"]).limits.max_body_bytes
     try:
         huge = 200 * 1024 * 1024

@@ -21,6 +21,7 @@ from edgeroute.bundle import ROUTER, BundleError, derive_bundle, load_bundle
 from edgeroute.router import RouterSettings
 from tasks import registry
 from tasks.model_card import DESCRIPTION_LIMIT, model_card
+from tasks.registry import CanaryRule
 from tasks.support import tracking
 from tasks.support.config import PromotionConfig
 
@@ -317,25 +318,32 @@ def health(
     }
 
 
-def stats(labelled: int, accuracy: float | None) -> dict:
-    return {"requests": 10 * labelled, "labelled": labelled, "accuracy": accuracy, "edge_share": 0.9}
+def stats(labelled: int, accuracy: float | None, sources: dict[str, int] | None = None) -> dict:
+    """A version's window metrics, its labels from two feedback sources in equal parts unless
+    ``sources`` says otherwise."""
+    sources = {"helpdesk": labelled // 2, "crm": labelled - labelled // 2} if sources is None else sources
+    return {"requests": 10 * labelled, "labelled": labelled, "accuracy": accuracy, "edge_share": 0.9,
+            "feedback_sources": sources}  # fmt: skip
+
+
+RULE = CanaryRule(min_feedback=200, tolerance=0.01)
 
 
 def test_a_canary_is_promoted_on_enough_live_feedback_when_not_worse():
-    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(250, 0.93)), 200, 0.01)
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(250, 0.93)), RULE)
     assert promoted and "canary edgeroute/4 0.9300 (250 labelled) >= champion edgeroute/3 0.9000" in reason
     # Within the tolerance, to the float.
-    assert registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.90)), 200, 0.01)[0]
+    assert registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.90)), RULE)[0]
 
-    promoted, reason = registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.8999)), 200, 0.01)
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.91), stats(250, 0.8999)), RULE)
     assert not promoted and "0.8999 (250 labelled) < champion edgeroute/3 0.9100" in reason
 
 
 def test_a_canary_is_not_promoted_without_enough_feedback():
-    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(150, 0.99)), 200, 0.01)
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(150, 0.99)), RULE)
     assert not promoted
     assert reason == "not enough feedback yet over the last 3600 s (canary edgeroute/4 150 of 200 labelled)"
-    promoted, reason = registry.canary_verdict(health(stats(50, 0.5), stats(300, None)), 200, 0.01)
+    promoted, reason = registry.canary_verdict(health(stats(50, 0.5), stats(300, None)), RULE)
     assert not promoted and "canary edgeroute/4 300 of 200 labelled, no accuracy" in reason
     assert "champion edgeroute/3 50 of 200 labelled" in reason
     # No canary figures at all yet, or no canary.
@@ -360,12 +368,84 @@ def test_a_fleets_canary_is_judged_on_the_feedback_every_replica_recorded(tmp_pa
         for i in range(400)
     ]  # fmt: skip
     trail.record(rows)
-    for row in rows:  # the canary (every 4th request) always right; the champion wrong 40 times in 300
-        wrong = int(row["request_id"][1:]) % 10 == 1
-        trail.feedback(row["request_id"], "negative" if wrong else "neutral")
+    for i, row in enumerate(
+        rows
+    ):  # the canary (every 4th request) always right; the champion wrong 40 in 300
+        wrong = i % 10 == 1
+        trail.feedback(row["request_id"], "negative" if wrong else "neutral", ("helpdesk", "crm")[i // 4 % 2])
     trail.close()
     report = fleet_report(window(tmp_path / "audit.db", now - 3600, 10_000), champion="edgeroute/1")
     assert report["canary"] == {"model_version": "edgeroute/2", "share": 0.25}
-    promoted, verdict = registry.canary_verdict(report, 100, 0.01)
+    assert report["versions"]["edgeroute/2"]["feedback_sources"] == {"crm": 50, "helpdesk": 50}
+    promoted, verdict = registry.canary_verdict(report, CanaryRule(min_feedback=100))
     assert promoted, verdict
     assert "canary edgeroute/2 1.0000 (100 labelled) >= champion edgeroute/1 0.8667 (300 labelled)" in verdict
+
+
+def test_feedback_from_one_source_does_not_decide_a_promotion():
+    # The outside pass: one key's 500 feedback posts made a canary champion.
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), stats(500, 1.0, {"api": 500})), RULE)
+    assert not promoted
+    assert reason == (
+        "feedback from too few sources over the last 3600 s (canary edgeroute/4 from 1 (api 500)): "
+        "promotion needs feedback from 2 sources or more, none with over 80% of a version's labels"
+    )
+    # A second source that gave a token share does not make it many.
+    lopsided = stats(500, 1.0, {"api": 490, "helpdesk": 10})
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.90), lopsided), RULE)
+    assert not promoted and "canary edgeroute/4 from 2 (api 490, helpdesk 10)" in reason
+    # The champion's labels count alike: one key could sink it as well as lift the canary.
+    promoted, reason = registry.canary_verdict(health(stats(900, 0.5, {"api": 900}), stats(500, 0.9)), RULE)
+    assert not promoted and "champion edgeroute/3 from 1 (api 900)" in reason
+    # A service older than sources reports none: nothing to judge them by.
+    older = {k: v for k, v in stats(500, 1.0).items() if k != "feedback_sources"}
+    assert "canary edgeroute/4 from 0 ()" in registry.canary_verdict(health(stats(900, 0.9), older), RULE)[1]
+    # An operator who trusts one source says so.
+    trusting = CanaryRule(min_feedback=200, min_sources=1, max_source_share=1.0)
+    assert registry.canary_verdict(health(stats(900, 0.90), stats(500, 1.0, {"api": 500})), trusting)[0]
+
+
+def test_one_key_posting_feedback_on_every_answer_cannot_promote_its_canary(
+    tiny_bundle, escalating_bundle, tmp_path
+):
+    import httpx
+
+    from edgeroute.access import Access
+    from tests.services import edge_service, wrong_label
+
+    keys = {"helpdesk": "helpdesk-key-1", "crm": "crm-key-12"}
+    running, audit = edge_service(
+        tiny_bundle, tmp_path, None, None, "canary_share=0.5", "feedback.max_per_minute=1000",
+        access=Access("classify-key", keys), version="edgeroute/3", canary=(escalating_bundle, "edgeroute/1"),
+    )  # fmt: skip
+    texts = [f"my parcel {i} has not arrived" for i in range(25)]
+
+    def attack(keyed_by) -> dict:
+        """20 requests of 25 texts, feedback on every answer: the canary's right, the champion's wrong."""
+        for n in range(20):
+            results = httpx.post(
+                f"{running.url}/v1/classify", json={"texts": texts}, headers={"X-API-Key": "classify-key"}
+            ).json()["results"]
+            for i, r in enumerate(results):
+                label = r["label"] if r["model_version"] == "edgeroute/1" else wrong_label(r["label"])
+                posted = httpx.post(
+                    f"{running.url}/v1/feedback", json={"request_id": r["request_id"], "label": label},
+                    headers={"X-API-Key": keys[keyed_by(n * 25 + i)]},
+                )  # fmt: skip
+                assert posted.status_code == 200, posted.text
+        return httpx.get(f"{running.url}/v1/health", headers={"X-API-Key": "classify-key"}).json()
+
+    try:
+        report = attack(lambda i: "helpdesk")
+        assert report["versions"]["edgeroute/1"]["feedback_sources"] == {
+            "helpdesk": report["versions"]["edgeroute/1"]["labelled"]
+        }
+        promoted, verdict = registry.canary_verdict(report, CanaryRule(min_feedback=100))
+        assert not promoted and "feedback from too few sources" in verdict and "(helpdesk " in verdict
+        # The same feedback from two sources in equal parts decides.
+        report = attack(lambda i: ("helpdesk", "crm")[i % 2])
+        promoted, verdict = registry.canary_verdict(report, CanaryRule(min_feedback=100))
+        assert promoted, verdict
+    finally:
+        running.stop()
+        audit.close()
