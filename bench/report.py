@@ -122,6 +122,30 @@ def pipeline_rows(r: dict) -> list[str]:
                 f"stages (min): {stages}", r["minutes"] <= 15, "pipeline")]  # fmt: skip
 
 
+def slowcloud_rows(r: dict) -> list[str]:
+    healthy, dripping = r["healthy"]["edge_alone"], r["dripping"]["edge_alone"]
+    ratio, goal = (
+        r["ratios"]["edge_alone_p99_dripping_vs_healthy"],
+        r["goals"]["edge_alone_p99_dripping_vs_healthy"],
+    )
+    opened = "open" in r["dripping"]["cloud_circuit_seen_s"]
+    return [row(f"Edge-answered p99 while the cloud drips a byte every {r['drip_s']:g} s / healthy cloud "
+                f"({r['rate_per_s']:g} req/s, {r['escalate']:.0%} escalated); the circuit opens",
+                f"≤ {goal:g}×, opens", f"{ratio:.2f}× ({dripping['p99_ms']:.1f} ms), "
+                f"{'opened' if opened else 'never opened'}", f"healthy: {healthy['p99_ms']:.1f} ms",
+                ratio <= goal and opened, "slowcloud")]  # fmt: skip
+
+
+def maskload_rows(r: dict) -> list[str]:
+    quiet, attacked = r["quiet"], r["attacked"]
+    ratio = r["ratios"]["others_p99_attacked_vs_quiet"]
+    return [row(f"Other users' p99 while {r['attackers']} clients send the text costliest to mask "
+                f"({r['attack_text_mask_ms_per_kb']:.1f} ms/KB) / alone, {r['rate_per_s']:g} req/s",
+                "≤ 2×, no errors", f"{ratio:.2f}× ({attacked['p99_ms']:.0f} ms), {attacked['errors']} errors",
+                f"alone: {quiet['p99_ms']:.0f} ms", ratio <= 2 and not attacked["errors"],
+                "maskload")]  # fmt: skip
+
+
 ROWS = {
     "latency": latency_rows,
     "throughput": throughput_rows,
@@ -129,6 +153,8 @@ ROWS = {
     "coldstart": coldstart_rows,
     "compression": compression_rows,
     "pipeline": pipeline_rows,
+    "slowcloud": slowcloud_rows,
+    "maskload": maskload_rows,
 }
 
 
