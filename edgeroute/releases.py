@@ -71,13 +71,17 @@ class Release:
 
     @property
     def escalating(self) -> Router | None:
-        """The router whose escalations wait for a cloud tier; None in the cloud role."""
-        return self.tier if isinstance(self.tier, Router) else None
+        """The router whose escalations wait for a remote cloud tier, on threads of their own;
+        None in the cloud role, and where the cloud tier is the bundle's model in this process."""
+        return self.tier if isinstance(self.tier, Router) and self.tier.cloud_is_remote else None
 
     def decide_on_edge(self, texts: Sequence[str]) -> list[Decision]:
-        """What is decided without waiting for a cloud tier: the edge's decisions in the edge
-        role (`Router.decide_on_edge`), every answer in the cloud role."""
-        return self.tier.decide_on_edge(texts) if isinstance(self.tier, Router) else self.tier.route(texts)
+        """What is decided in the edge's own call: the edge's decisions where a remote cloud tier
+        is to answer some of them (`Router.decide_on_edge`), else every answer. An in-process
+        cloud model answers a micro-batch's escalated texts in one call, as the edge model does:
+        it computes on the same cores and cannot hang on a network."""
+        router = self.escalating
+        return router.decide_on_edge(texts) if router is not None else self.tier.route(texts)
 
 
 def model_version(bundle: Bundle, registered: str | None = None) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeroute.cloud import CloudBackend, CloudRequestError, CloudUnavailable, Prediction
+from edgeroute.cloud import CloudBackend, CloudRequestError, CloudUnavailable, LocalCloud, Prediction
 from edgeroute.model import OnnxClassifier, softmax
 from edgeroute.privacy import mask
 
@@ -320,6 +320,11 @@ class Router:
             else:
                 settled[i] = replace(decision, cloud_label=answer.label)
         return settled
+
+    @property
+    def cloud_is_remote(self) -> bool:
+        """Whether escalations wait on another service (not the bundle's model in this process)."""
+        return self.cloud is not None and self.cloud.name != LocalCloud.name
 
     def ask_cloud(self, masked: list[str] | None) -> tuple[Sequence[Prediction | None] | None, bool]:
         """The cloud's answers for the ``masked`` texts (None on failure; None for each text the

@@ -441,8 +441,8 @@ def create_app(
         if config.batching.max_texts
         else None
     )
-    # Cloud calls wait on threads of their own, never on the edge's: a slow cloud cannot hold an
-    # answer the edge gives alone.
+    # A remote cloud's calls wait on threads of their own, never on the edge's: a slow cloud
+    # cannot hold an answer the edge gives alone.
     cloud_calls = ThreadPoolExecutor(config.cloud.max_concurrency, thread_name_prefix="edgeroute-cloud")
 
     async def escalate(router: Router, decisions: list[Decision]) -> list[Decision]:

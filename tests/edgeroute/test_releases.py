@@ -286,3 +286,18 @@ def test_a_bad_profile_is_refused_naming_its_field(tiny_bundle, change, message)
     change(values)
     with pytest.raises(ValueError, match=message):
         Profile.from_dict(values)
+
+
+def test_an_in_process_cloud_answers_a_micro_batchs_escalations_in_the_edges_own_call(escalating_bundle):
+    # A remote cloud's calls wait on threads of their own; the bundle's own model computes on the
+    # same cores and cannot hang on a network, so it answers in the edge's (batched) call.
+    texts = [f"my parcel {i} never came and nobody answers" for i in range(6)]
+    local = release(escalating_bundle, "m/1")
+    assert local.escalating is None
+    decided = local.decide_on_edge(texts)
+    assert {d.route for d in decided} == {"cloud"} and all(d.cloud_label for d in decided)
+    remote_config = load_serve_config(None, ["cloud.url=http://127.0.0.1:9", "limits.max_batch=512"])
+    remote = open_release(escalating_bundle, "m/2", remote_config, CircuitBreaker(), lazy=False)
+    assert remote.escalating is remote.tier
+    pending = remote.decide_on_edge(texts)
+    assert {d.route for d in pending} == {"edge"} and remote.escalating.to_cloud(pending) == list(range(6))
