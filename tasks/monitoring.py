@@ -178,18 +178,34 @@ Trends: {trends}. Monthly cost at the current rate: ${report["cost_estimate"]["m
 
 def health_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The report's figures as MLflow metrics: overall, ``version.<v>.<metric>`` per model version,
-    ``instance.<i>.<metric>`` per service of a fleet (a character MLflow refuses in a name
-    becomes ``_``), ``drift.max_psi`` and ``drift.psi.<feature>``."""
-    metrics = {k: v for k, v in report["metrics"].items() if v is not None} | {"score": report["score"]}
+    ``instance.<i>.<metric>`` per service of a fleet, the labels of each feedback source as
+    ``feedback_sources.<source>`` (a character MLflow refuses in a name becomes ``_``),
+    ``drift.max_psi`` and ``drift.psi.<feature>``."""
+    metrics = _figures(report["metrics"]) | {"score": report["score"]}
     for kind in ("version", "instance"):
         for name, figures in (report.get(f"{kind}s") or {}).items():
-            key = re.sub(r"[^\w.\- ]", "_", name)
-            metrics |= {f"{kind}.{key}.{k}": v for k, v in figures.items() if v is not None}
+            metrics |= _figures(figures, f"{kind}.{_metric_name(name)}.")
     drift = report.get("drift") or {}
     if drift.get("max_psi") is not None:
         metrics["drift.max_psi"] = drift["max_psi"]
         metrics |= {f"drift.psi.{k}": v for k, v in drift["features"].items() if v is not None}
     return metrics
+
+
+def _metric_name(name: str) -> str:
+    return re.sub(r"[^\w.\- ]", "_", name)
+
+
+def _figures(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Window figures as metrics named ``prefix`` + figure; a mapping of counts (the labels by
+    feedback source) as one metric an entry."""
+    flat: dict[str, float] = {}
+    for name, value in figures.items():
+        if isinstance(value, dict):
+            flat |= {f"{prefix}{name}.{_metric_name(k)}": v for k, v in value.items()}
+        elif value is not None:
+            flat[f"{prefix}{name}"] = value
+    return flat
 
 
 @task(name="read-health", retries=2, retry_delay_seconds=5)

@@ -154,4 +154,7 @@ def test_the_monitor_judges_a_fleet_from_the_trail_its_replicas_write(
     assert (event.payload["requests"], event.payload["labelled"]) == (8, 6)
     report = fleet_report(window(postgres_url, time.time() - 3600, 100))
     assert "| `edge-1` | 6 |" in to_markdown(report, postgres_url)
-    assert health_metrics(report)["instance.edge-2.requests"] == 2
+    metrics = health_metrics(report)
+    assert metrics["instance.edge-2.requests"] == 2
+    assert metrics["instance.edge-1.feedback_sources.address 127.0.0.1"] == 6
+    assert metrics["feedback_sources.address 127.0.0.1"] == 6
