@@ -332,39 +332,49 @@ def _read_messages(
         raise fail(str(exc), 1) from None
 
 
+ServedModel = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="A registered bundle: models:/<name>@<alias>, followed as the alias moves."
+    ),
+]
+CanaryOption = Annotated[
+    str | None,
+    typer.Option(help="A second model answering --canary-share of the requests: models:/… or a bundle."),
+]
+CanaryShare = Annotated[
+    float | None, typer.Option(min=0, max=1, help="Share of requests the canary answers (canary_share).")
+]
+RefreshSeconds = Annotated[
+    float | None,
+    typer.Option(min=0, help="Seconds between looks at the registry aliases served; 0: never (refresh_s)."),
+]
+WindowSeconds = Annotated[
+    float | None,
+    typer.Option(
+        min=1, help="Seconds of traffic the health report covers, rebuilt at start (monitor.window_s)."
+    ),
+]
+RoleOption = Annotated[
+    str | None, typer.Option(help="edge: route and escalate; cloud: answer escalations (role).")
+]
+AuditOption = Annotated[
+    str | None,
+    typer.Option(help="The audit trail: a SQLite file (audit.path) or a postgresql:// URL (audit.url)."),
+]
+
+
 @app.command()
 def serve(
     bundle: BundleOption = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="A registered bundle: models:/<name>@<alias>, followed as the alias moves."
-        ),
-    ] = None,
-    canary: Annotated[
-        str | None,
-        typer.Option(help="A second model answering --canary-share of the requests: models:/… or a bundle."),
-    ] = None,
-    canary_share: Annotated[
-        float | None, typer.Option(min=0, max=1, help="Share of requests the canary answers (canary_share).")
-    ] = None,
-    refresh_s: Annotated[
-        float | None,
-        typer.Option(
-            min=0, help="Seconds between looks at the registry aliases served; 0: never (refresh_s)."
-        ),
-    ] = None,
-    window: Annotated[
-        float | None,
-        typer.Option(
-            min=1, help="Seconds of traffic the health report covers, rebuilt at start (monitor.window_s)."
-        ),
-    ] = None,
+    model: ServedModel = None,
+    canary: CanaryOption = None,
+    canary_share: CanaryShare = None,
+    refresh_s: RefreshSeconds = None,
+    window: WindowSeconds = None,
     config: ServeConfigOption = None,
     overrides: Overrides = None,
-    role: Annotated[
-        str | None, typer.Option(help="edge: route and escalate; cloud: answer escalations (role).")
-    ] = None,
+    role: RoleOption = None,
     host: Annotated[str | None, typer.Option(help="Interface to listen on (host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (port).")] = None,
     cloud_url: CloudUrl = None,
@@ -372,10 +382,7 @@ def serve(
     cloud_model: CloudModelOption = None,
     min_confidence: MinConfidenceOption = None,
     no_cache: NoCacheOption = False,
-    audit: Annotated[
-        str | None,
-        typer.Option(help="The audit trail: a SQLite file (audit.path) or a postgresql:// URL (audit.url)."),
-    ] = None,
+    audit: AuditOption = None,
 ) -> None:
     """Serve the router over HTTP; settings from --config, then --set, then the options here.
 
@@ -385,20 +392,12 @@ def serve(
     feedback keys from EDGEROUTE_FEEDBACK_KEYS (a JSON object of source name to key).
     """
     import signal
-    import socket
 
     import uvicorn
 
     from edgeroute.access import access_of
-    from edgeroute.audit import AuditError
-    from edgeroute.bundle import BundleError
-    from edgeroute.cloud import CircuitBreaker, CloudRefused
     from edgeroute.deadline import protocol
-    from edgeroute.monitor import Monitor
-    from edgeroute.privacy import PrivacyError
-    from edgeroute.releases import Downloads, Follower, Releases, open_release
     from edgeroute.server import create_app
-    from edgeroute.trails import open_trail
 
     shortcuts = {"role": role, "host": host, "port": port, "refresh_s": refresh_s,
                  "canary_share": canary_share, "monitor.window_s": window}  # fmt: skip
@@ -410,6 +409,39 @@ def serve(
         access = access_of(serving)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
+    service, downloads = _service(serving, bundle, model, canary)
+    app = create_app(service, access)
+    _announce(serving, service)
+    limits = serving.limits
+    # uvicorn stops gracefully on SIGTERM, then raises it again: stop here instead, so that the
+    # trail is closed (a spool flushed) and the downloaded versions removed.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run(
+            app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
+            http=protocol(limits.read_timeout_s, limits.max_connections_per_client),
+            limit_concurrency=limits.max_connections,
+        )  # fmt: skip
+    finally:
+        service.audit.close()
+        downloads.close()
+
+
+def _service(serving: ServeConfig, bundle: Path | None, model: str | None, canary: str | None):
+    """The `RouterService` of ``serving`` over the champion (``bundle`` or ``model``) and the
+    ``canary`` (a model URI or a bundle directory), following their aliases, and the owner of
+    what it downloaded; exit 2 naming what cannot be loaded or opened."""
+    import socket
+
+    from edgeroute.audit import AuditError
+    from edgeroute.bundle import BundleError
+    from edgeroute.cloud import CircuitBreaker, CloudRefused
+    from edgeroute.monitor import Monitor
+    from edgeroute.privacy import PrivacyError
+    from edgeroute.releases import Downloads, Follower, Releases, open_release
+    from edgeroute.service import RouterService
+    from edgeroute.trails import open_trail
+
     sources = {"champion": model, "canary": canary}
     located = {
         "champion": resolve_bundle(bundle, model),
@@ -432,24 +464,23 @@ def serve(
             downloads.own(loaded[slot], located[slot][0])
     followers = [
         Follower(
-            uri,
-            slot,
-            releases,
-            refresh_s=serving.refresh_s,
-            lookup=_lookup(uri),
-            fetch=lambda pinned: _model_plugin(pinned).resolve_model(pinned)[0],
-            build=downloads.build(build),
+            uri, slot, releases, refresh_s=serving.refresh_s, lookup=_lookup(uri),
+            fetch=lambda pinned: _model_plugin(pinned).resolve_model(pinned)[0], build=downloads.build(build),
         )
         for slot, uri in sources.items()
         if uri is not None and uri.startswith("models:/") and "@" in uri and serving.refresh_s > 0
-    ]
-    app = create_app(
-        releases, audit_log, Monitor(serving.monitor, releases.champion.router.settings.costs), serving,
-        access=access, followers=followers,
-    )  # fmt: skip
+    ]  # fmt: skip
+    monitor = Monitor(serving.monitor, releases.champion.router.settings.costs)
+    return RouterService(releases, audit_log, monitor, serving, followers), downloads
+
+
+def _announce(serving: ServeConfig, service) -> None:
+    """What is served, where, and how the audit trail is kept."""
+    releases = service.releases
     versions = releases.champion.version + (
         f", canary {releases.canary.version} at {releases.canary_share:.0%}" if releases.canary else ""
     )
+    followers = service.followers
     following = (
         f", following {', '.join(f.uri for f in followers)} every {serving.refresh_s:g} s"
         if followers
@@ -462,21 +493,8 @@ def serve(
     kept = "masked texts kept" if trail.keep_text == "masked" else "no text kept"
     kept += f", for {trail.retention_days:g} days" if trail.retention_days is not None else ""
     if trail.url is not None:
-        kept += f", rows named {audit_log.instance}, spooled to {trail.spool} while it is away"
+        kept += f", rows named {service.audit.instance}, spooled to {trail.spool} while it is away"
     typer.echo(f"audit trail {trail.location}: {kept}")
-    limits = serving.limits
-    # uvicorn stops gracefully on SIGTERM, then raises it again: stop here instead, so that the
-    # trail is closed (a spool flushed) and the downloaded versions removed.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        uvicorn.run(
-            app, host=serving.host, port=serving.port, log_level="warning", access_log=False,
-            http=protocol(limits.read_timeout_s, limits.max_connections_per_client),
-            limit_concurrency=limits.max_connections,
-        )  # fmt: skip
-    finally:
-        audit_log.close()
-        downloads.close()
 
 
 def _canary_bundle(canary: str) -> tuple[Path, str | None]:

@@ -27,6 +27,7 @@ from edgeroute.config import load_serve_config
 from edgeroute.monitor import Monitor
 from edgeroute.releases import Releases, open_release
 from edgeroute.server import OPEN, create_app
+from edgeroute.service import RouterService
 from edgeroute.trails import open_trail
 from tests.conftest import ROOT
 
@@ -112,7 +113,7 @@ def edge_service(
     releases = Releases(champion, other, config.canary_share if other else 0.0)
     audit = open_trail(config.audit, "test")
     monitor = Monitor(config.monitor, champion.router.settings.costs)
-    app = create_app(releases, audit, monitor, config, access=access)
+    app = create_app(RouterService(releases, audit, monitor, config), access)
     return Service(app), audit
 
 

@@ -96,3 +96,15 @@ def test_the_graph_sees_lazy_imports(tmp_path):
     source = tmp_path / "lazy.py"
     source.write_text("def f():\n    from tasks.support import tracking\n    import flows.training\n")
     assert imports(source, {"tasks.support.tracking"}) == {"tasks.support.tracking", "flows.training"}
+
+
+def test_no_function_of_the_runtime_is_longer_than_60_lines():
+    # A newcomer reads a function at once: create_app, cli.serve and the service's methods too.
+    long = [
+        f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for module, path in modules().items()
+        if layer(module) == 0
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert long == []

@@ -22,6 +22,7 @@ from edgeroute.drift import Profile
 from edgeroute.monitor import Monitor
 from edgeroute.releases import Follower, Releases, canary_bucket, open_release
 from edgeroute.server import create_app
+from edgeroute.service import RouterService
 from tasks.support.synthetic import generate
 from tests.conftest import PROFILE_SEED
 from tests.services import Service, edge_service, wrong_label
@@ -37,7 +38,7 @@ def serve(releases: Releases, tmp_path: Path, followers=(), *settings: str):
     config = load_serve_config(None, ["limits.max_batch=512", *settings])
     audit = AuditLog(tmp_path / "audit.db")
     monitor = Monitor(config.monitor, releases.champion.router.settings.costs)
-    return Service(create_app(releases, audit, monitor, config, followers=followers)), audit
+    return Service(create_app(RouterService(releases, audit, monitor, config, followers))), audit
 
 
 def classify(url: str, texts: list[str]) -> list[dict]:

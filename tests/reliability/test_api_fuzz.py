@@ -20,7 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from edgeroute.server import HealthReport, Invalid, Problem
+from edgeroute.schemas import HealthReport, Invalid, Problem
 from tests.services import edge_service
 
 EXAMPLES = 25  # per operation and mode: a few seconds in all
