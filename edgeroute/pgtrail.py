@@ -158,6 +158,10 @@ class PostgresTrail(Trail):
                     f"({config.spool}) until it is back"
                 ) from None
             logger.warning("%s; rows are spooled to %s until it is back", exc, config.spool)
+        except AuditError:
+            self._pool.close()
+            self.spool.close()
+            raise
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_while_open, name="edgeroute-spool", daemon=True)
         self._flusher.start()
@@ -176,8 +180,14 @@ class PostgresTrail(Trail):
     def _ensure_schema(self) -> None:
         if self._ready:
             return
-        with self._connection() as connection, connection.transaction():
-            create(connection, self.keep_text)
+        try:
+            with self._connection() as connection, connection.transaction():
+                create(connection, self.keep_text)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise AuditError(
+                f"{self.location}: the tables need a change (a column this release adds) that only the "
+                f"tables' owner may make: open it once as the owner, then start this service again ({str(exc).strip().splitlines()[0]})"
+            ) from None
         self._ready = True
 
     def _write(self, values: list[tuple], wait_s: float = WAIT_S) -> None:

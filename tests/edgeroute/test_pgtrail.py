@@ -109,6 +109,22 @@ def test_a_service_role_granted_only_select_and_insert_writes_and_cannot_change_
         db.execute("UPDATE decisions SET label = 'positive'")
 
 
+def test_a_service_role_on_a_trail_that_needs_a_new_column_is_told_to_let_the_owner_open_it(
+    postgres_url, tmp_path
+):
+    _trail(postgres_url, tmp_path).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # a trail from before feedback sources
+        db.execute("ALTER TABLE feedback DROP COLUMN source")
+        db.execute("DROP ROLE IF EXISTS edgeroute_reader")
+        db.execute("CREATE ROLE edgeroute_reader LOGIN")
+        db.execute("GRANT SELECT, INSERT ON decisions, feedback TO edgeroute_reader")
+    service_url = postgres_url.replace("edgeroute@", "edgeroute_reader@")
+    with pytest.raises(AuditError, match="only the tables' owner may make: open it once as the owner"):
+        _trail(service_url, tmp_path)
+    _trail(postgres_url, tmp_path).close()  # the owner adds the column
+    _trail(service_url, tmp_path).close()
+
+
 def test_an_unreachable_trail_at_start_is_an_error_unless_told_to_start_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEROUTE_AUDIT_KEY", "k")
     url = f"postgresql://edgeroute:hunter2@127.0.0.1:{free_port()}/audit"
