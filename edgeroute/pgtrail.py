@@ -184,9 +184,10 @@ class PostgresTrail(Trail):
             with self._connection() as connection, connection.transaction():
                 create(connection, self.keep_text)
         except psycopg.errors.InsufficientPrivilege as exc:
+            reason = str(exc).strip().splitlines()[0]
             raise AuditError(
                 f"{self.location}: the tables need a change (a column this release adds) that only the "
-                f"tables' owner may make: open it once as the owner, then start this service again ({str(exc).strip().splitlines()[0]})"
+                f"tables' owner may make: open it once as the owner, then start this service again ({reason})"
             ) from None
         self._ready = True
 
