@@ -93,14 +93,20 @@ def test_a_postgres_trail_refuses_update_delete_and_truncate_and_only_the_purge_
     trail.close()
 
 
+def _service_role(owner_url: str, role: str) -> str:
+    """The URL of ``role``, granted what the operating guide shows: SELECT and INSERT only (a
+    role is the cluster's: each test names its own)."""
+    with psycopg.connect(owner_url, autocommit=True) as db:
+        db.execute(f"DROP ROLE IF EXISTS {role}")
+        db.execute(f"CREATE ROLE {role} LOGIN")
+        db.execute(f"GRANT SELECT, INSERT ON decisions, feedback TO {role}")
+        db.execute(f"GRANT USAGE ON SEQUENCE feedback_id_seq TO {role}")
+    return owner_url.replace("edgeroute@", f"{role}@")
+
+
 def test_a_service_role_granted_only_select_and_insert_writes_and_cannot_change_a_row(postgres_url, tmp_path):
     _trail(postgres_url, tmp_path).close()  # the owner makes the tables
-    with psycopg.connect(postgres_url, autocommit=True) as db:  # the grants the operating guide shows
-        db.execute("DROP ROLE IF EXISTS edgeroute_service")
-        db.execute("CREATE ROLE edgeroute_service LOGIN")
-        db.execute("GRANT SELECT, INSERT ON decisions, feedback TO edgeroute_service")
-        db.execute("GRANT USAGE ON SEQUENCE feedback_id_seq TO edgeroute_service")
-    service_url = postgres_url.replace("edgeroute@", "edgeroute_service@")
+    service_url = _service_role(postgres_url, "edgeroute_service")
     trail = _trail(service_url, tmp_path)
     trail.record([_decision("a", time.time())])
     assert trail.feedback("a", "neutral") is True
@@ -115,10 +121,7 @@ def test_a_service_role_on_a_trail_that_needs_a_new_column_is_told_to_let_the_ow
     _trail(postgres_url, tmp_path).close()
     with psycopg.connect(postgres_url, autocommit=True) as db:  # a trail from before feedback sources
         db.execute("ALTER TABLE feedback DROP COLUMN source")
-        db.execute("DROP ROLE IF EXISTS edgeroute_reader")
-        db.execute("CREATE ROLE edgeroute_reader LOGIN")
-        db.execute("GRANT SELECT, INSERT ON decisions, feedback TO edgeroute_reader")
-    service_url = postgres_url.replace("edgeroute@", "edgeroute_reader@")
+    service_url = _service_role(postgres_url, "edgeroute_reader")
     with pytest.raises(AuditError, match="only the tables' owner may make: open it once as the owner"):
         _trail(service_url, tmp_path)
     _trail(postgres_url, tmp_path).close()  # the owner adds the column
