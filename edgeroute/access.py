@@ -69,7 +69,8 @@ def _matches(given: bytes | None, key: str) -> bool:
 @dataclass(frozen=True)
 class Access:
     """The service's keys: ``api_key`` (classify and health; None: open) and ``feedback_keys``
-    (source name to key; empty: feedback takes the API key's rule)."""
+    (source name to key). With no feedback key, feedback is refused when ``api_key`` is set, and
+    open, named by the client's address, when no key is set at all."""
 
     api_key: str | None = None
     feedback_keys: Mapping[str, str] = field(default_factory=dict)
