@@ -52,15 +52,15 @@ def type_name(annotation: object) -> str:
 
 
 def default(field: FieldInfo) -> str:
+    """A field's default as YAML shows it: a string as it is, anything else as JSON."""
     if field.is_required():
         return "required"
     value = field.get_default(call_default_factory=True)
-    shown = (
-        value
-        if not isinstance(value, tuple | Path)
-        else (list(value) if isinstance(value, tuple) else str(value))
+    if isinstance(value, Path):
+        value = str(value)
+    return code(
+        value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
     )
-    return code(json.dumps(shown) if not isinstance(shown, str) else shown)
 
 
 def fields(
